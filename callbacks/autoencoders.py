@@ -1,0 +1,87 @@
+"""Pictures of the autoencoder family: reconstructions, prior samples, latent interpolations and filters.
+
+Each callback draws every ``every_n_epochs`` validation epochs, on global rank zero, from a fixed batch: the
+first validation batch (the validation loader is not shuffled), so epochs are comparable.
+"""
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+
+from callbacks.media import image_grid, log_image
+
+
+class _EveryNEpochs(L.Callback):
+    """Keeps the first ``num_images`` validation images and calls ``draw`` every N validation epochs."""
+
+    def __init__(self, every_n_epochs: int = 1, num_images: int = 16):
+        self.every_n_epochs, self.num_images = every_n_epochs, num_images
+        self.images: torch.Tensor | None = None
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if batch_idx == 0 and dataloader_idx == 0 and trainer.is_global_zero:
+            self.images = batch[0][: self.num_images].detach()
+
+    @rank_zero_only
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking or self.images is None or trainer.current_epoch % self.every_n_epochs:
+            return
+        with torch.no_grad():
+            self.draw(trainer, pl_module, self.images)
+
+    def draw(self, trainer, pl_module, x: torch.Tensor) -> None:
+        raise NotImplementedError
+
+
+class ReconstructionGrid(_EveryNEpochs):
+    """Rows of inputs, (corrupted inputs for a denoising model,) and reconstructions."""
+
+    def draw(self, trainer, pl_module, x):
+        x_in = pl_module.corrupt(x) if hasattr(pl_module, "corrupt") else x
+        rows = [x, x_in, pl_module(x_in)] if x_in is not x else [x, pl_module(x)]
+        caption = "inputs / corrupted / reconstructions" if len(rows) == 3 else "inputs / reconstructions"
+        log_image(trainer, "media/reconstructions", image_grid(torch.cat(rows).clamp(0, 1), nrow=len(x)), caption)
+
+
+class PriorSamples(_EveryNEpochs):
+    """Decoded samples z ~ p(z) from a fixed noise batch (needs ``pl_module.sample(z=...)``)."""
+
+    def __init__(self, every_n_epochs: int = 1, num_samples: int = 64, seed: int = 0):
+        super().__init__(every_n_epochs, num_images=1)
+        self.num_samples, self.seed = num_samples, seed
+
+    def draw(self, trainer, pl_module, x):
+        g = torch.Generator().manual_seed(self.seed)
+        z = torch.randn(self.num_samples, pl_module.hparams.latent_dim, generator=g).to(pl_module.device)
+        log_image(trainer, "media/prior_samples", image_grid(pl_module.sample(z=z)), "x ~ p(x|z), z ~ N(0, I)")
+
+
+class LatentInterpolation(_EveryNEpochs):
+    """decode((1 - t) h_a + t h_b) for pairs of validation images a, b and t from 0 to 1."""
+
+    def __init__(self, every_n_epochs: int = 1, num_pairs: int = 4, steps: int = 10):
+        super().__init__(every_n_epochs, num_images=2 * num_pairs)
+        self.steps = steps
+
+    def draw(self, trainer, pl_module, x):
+        h = pl_module.encode(x)
+        h_a, h_b = h[0::2], h[1::2]
+        t = torch.linspace(0, 1, self.steps, device=h.device).view(1, -1, 1)
+        path = (1 - t) * h_a.unsqueeze(1) + t * h_b.unsqueeze(1)  # (pairs, steps, code)
+        images = pl_module.decode(path.flatten(0, 1))
+        log_image(trainer, "media/latent_interpolation", image_grid(images, nrow=self.steps),
+                  "each row: decode((1 - t) h_a + t h_b), t = 0..1")
+
+
+class DecoderFilters(_EveryNEpochs):
+    """The decoder's output weights as images: the pixel pattern each code unit writes (one per unit)."""
+
+    def __init__(self, every_n_epochs: int = 1, num_filters: int = 100):
+        super().__init__(every_n_epochs, num_images=1)
+        self.num_filters = num_filters
+
+    def draw(self, trainer, pl_module, x):
+        weight = pl_module.decoder.output_layer.weight  # (pixels, code)
+        filters = weight.T[: self.num_filters].reshape(-1, *x.shape[1:])
+        log_image(trainer, "media/decoder_filters", image_grid(filters, nrow=10, normalize=True),
+                  "columns of the decoder's output weight, each scaled to [0, 1]")

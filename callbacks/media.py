@@ -1,0 +1,41 @@
+"""Log an image to whatever logger the run uses: W&B, TensorBoard, or PNG files otherwise.
+
+Callers run on global rank zero only (media are not reduced across processes).
+"""
+
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from torchvision.transforms.functional import to_pil_image
+from torchvision.utils import make_grid, save_image
+
+
+def image_grid(images: torch.Tensor, nrow: int = 8, normalize: bool = False) -> torch.Tensor:
+    """(N, C, H, W) images -> one (C, H', W') grid on the CPU, values in [0, 1]."""
+    return make_grid(images.detach().float().cpu(), nrow=nrow, padding=2, pad_value=1.0, normalize=normalize,
+                     scale_each=normalize).clamp(0, 1)
+
+
+def log_image(trainer: Trainer, key: str, grid: torch.Tensor, caption: str | None = None) -> None:
+    """Log one (C, H, W) image in [0, 1] under ``key`` at the current global step, to every logger."""
+    step = trainer.global_step
+    logged_to_files = False
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key, [to_pil_image(grid)], step=step, caption=[caption] if caption else None)
+        elif isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(key, grid, global_step=step)
+        elif not logged_to_files:
+            logged_to_files = True
+            folder = Path(logger.log_dir if getattr(logger, "log_dir", None) else trainer.default_root_dir)
+            save_image(grid, _file_for(folder, key, step))
+    if not trainer.loggers:
+        save_image(grid, _file_for(Path(trainer.default_root_dir), key, step))
+
+
+def _file_for(folder: Path, key: str, step: int) -> Path:
+    path = folder / "media" / key.replace("/", "_") / f"step_{step:07d}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,106 @@
+"""MNIST as uint8 tensors in memory (on the accelerator when training on one), optionally binarised.
+
+Binarisation (as in the VAE/IWAE literature): ``fixed`` samples every pixel once from Bernoulli(intensity) with a
+seed; ``dynamic`` resamples the training images every time they are drawn, while the validation and test images are
+binarised once with a fixed seed so that their numbers are comparable across runs.
+"""
+
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+from torchvision.datasets import MNIST
+
+from datamodules.data_root import DatasetNotFoundError, default_data_dir
+from datamodules.tensors import TensorBatchDataset, tensor_loader
+
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def load_mnist(data_dir: str, train: bool, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images (N, 28, 28) uint8 and labels (N,) int64 of one MNIST split, read by torchvision."""
+    raw = Path(data_dir) / "MNIST" / "raw"
+    try:
+        ds = MNIST(data_dir, train=train, download=download)
+    except RuntimeError as err:  # torchvision: "Dataset not found" / "Error downloading"
+        why = "downloading it failed" if download else "downloading is disabled (download: false)"
+        raise DatasetNotFoundError(
+            f"MNIST not found: looked for {', '.join(MNIST_FILES)} in {raw.resolve()} and {why}.\n"
+            f"Put the four IDX files (or their .gz) in that folder, point the data root at the folder holding "
+            f"MNIST/raw (DL4_DATA_DIR=... or --data.init_args.data_dir=...), or allow --data.init_args.download=true "
+            f"on a machine with internet. ({err})"
+        ) from None
+    return ds.data, ds.targets
+
+
+class MNISTDataModule(L.LightningDataModule):
+    """MNIST 28x28 digits; batches are ``(x, y)`` with ``x`` float in [0, 1] of shape (B, 1, 28, 28).
+
+    Args:
+        data_dir: folder holding ``MNIST/raw``; default ``$DL4_DATA_DIR`` or ``./data``.
+        batch_size: training batch size.
+        eval_batch_size: validation/test batch size.
+        val_size: images held out of the 60k training set for validation (a seeded random split).
+        binarize: ``none`` (grey levels), ``fixed`` or ``dynamic`` Bernoulli binarisation.
+        download: fetch the files when they are missing.
+        seed: seeds the train/validation split and the fixed binarisation.
+        on_device: keep the tensors on the accelerator the trainer uses (no host-to-device copy per batch).
+    """
+
+    def __init__(self, data_dir: str | None = None, batch_size: int = 128, eval_batch_size: int = 1000,
+                 val_size: int = 5000, binarize: Literal["none", "fixed", "dynamic"] = "none",
+                 download: bool = True, seed: int = 0, on_device: bool = True):
+        super().__init__()
+        if not 0 < val_size < 60000:
+            raise ValueError(f"data.val_size must be between 1 and 59999, got {val_size}")
+        self.data_dir = data_dir or default_data_dir()
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.val_size, self.binarize, self.download = val_size, binarize, download
+        self.seed, self.on_device = seed, on_device
+        self.train_set = self.val_set = self.test_set = None
+
+    def prepare_data(self):
+        for train in (True, False):
+            load_mnist(self.data_dir, train, self.download)
+
+    def setup(self, stage: str | None = None):
+        if self.train_set is not None:
+            return
+        g = torch.Generator().manual_seed(self.seed)
+        x, y = load_mnist(self.data_dir, True, download=False)
+        x_test, y_test = load_mnist(self.data_dir, False, download=False)
+        perm = torch.randperm(len(x), generator=g)
+        train_idx, val_idx = perm[self.val_size:], perm[:self.val_size]
+        x_train, x_val = x[train_idx], x[val_idx]
+        if self.binarize != "none":
+            x_val, x_test = self._binarize(x_val, g), self._binarize(x_test, g)
+            if self.binarize == "fixed":
+                x_train = self._binarize(x_train, g)
+        device = self.trainer.strategy.root_device if self.on_device and self.trainer is not None else "cpu"
+        self.train_set = TensorBatchDataset(x_train.unsqueeze(1), y[train_idx]).to(device)
+        self.val_set = TensorBatchDataset(x_val.unsqueeze(1), y[val_idx]).to(device)
+        self.test_set = TensorBatchDataset(x_test.unsqueeze(1), y_test).to(device)
+
+    @staticmethod
+    def _binarize(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        return (torch.bernoulli(x / 255.0, generator=g) * 255).to(torch.uint8)
+
+    def train_dataloader(self):
+        return tensor_loader(self.train_set, self.batch_size, shuffle=True, drop_last=True)
+
+    def val_dataloader(self):
+        return tensor_loader(self.val_set, self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self):
+        return tensor_loader(self.test_set, self.eval_batch_size, shuffle=False)
+
+    def predict_dataloader(self):
+        return self.test_dataloader()
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        x, y = batch
+        x = x.float() / 255.0
+        if self.binarize == "dynamic" and self.trainer is not None and self.trainer.training:
+            x = torch.bernoulli(x)
+        return x, y

@@ -1,0 +1,113 @@
+"""The ``dl4`` console script: LightningCLI over every model and datamodule of the project.
+
+    dl4 fit --config configs/vae_mnist.yaml
+    dl4 test --config configs/vae_mnist.yaml --ckpt_path runs/dl4/<run>/checkpoints/last.ckpt
+    dl4 fit --config configs/vae_mnist.yaml --print_config
+
+Runs log to Weights & Biases, offline unless the user is logged in (WANDB_API_KEY or ~/.netrc) or sets
+WANDB_MODE; an offline run never touches the network and can be uploaded later with ``wandb sync``.
+"""
+
+import os
+import sys
+from pathlib import Path
+from typing import Literal
+
+import torch
+import yaml
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
+
+import callbacks  # noqa: F401  (makes the callbacks' short names known to the parser)
+import datamodules  # noqa: F401
+import lightning_models  # noqa: F401
+from datamodules import DatasetNotFoundError
+
+TRAINER_DEFAULTS = {
+    "logger": {"class_path": "lightning.pytorch.loggers.WandbLogger",
+               "init_args": {"project": "dl4", "save_dir": "runs"}},
+}
+
+
+class SaveConfigToRun(SaveConfigCallback):
+    """Stores the full resolved config with the run: as the W&B run's config and as ``config.yaml`` in its files.
+
+    With W&B the logger's ``save_dir`` is shared by all runs, so the file goes into the run's own folder instead;
+    other loggers get ``config.yaml`` in their versioned ``log_dir``. A second run never fails on an existing file.
+    """
+
+    def setup(self, trainer, pl_module, stage):
+        if isinstance(trainer.logger, WandbLogger):
+            self.save_to_log_dir = False
+        super().setup(trainer, pl_module, stage)
+
+    def save_config(self, trainer, pl_module, stage):
+        config = self.parser.dump(self.config, skip_none=False)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_hyperparams(yaml.safe_load(config))
+                Path(logger.experiment.dir, "config.yaml").write_text(config)
+
+
+class DL4CLI(LightningCLI):
+    def __init__(self, args=None):
+        super().__init__(
+            subclass_mode_model=True, subclass_mode_data=True,
+            save_config_callback=SaveConfigToRun, save_config_kwargs={"overwrite": True},
+            trainer_defaults=TRAINER_DEFAULTS, parser_kwargs={"parser_mode": "omegaconf"},
+            args=args,
+        )
+
+    def add_arguments_to_parser(self, parser):
+        parser.add_argument("--float32_matmul_precision", type=Literal["highest", "high", "medium"],
+                            default="highest", help="torch.set_float32_matmul_precision: 'high'/'medium' let "
+                            "matrix products use TF32 (NVIDIA) or bfloat16 (CPUs with AMX) internally")
+
+    def before_instantiate_classes(self):
+        config = self.config.get(self.subcommand, self.config)
+        torch.set_float32_matmul_precision(config.float32_matmul_precision)
+
+    def after_fit(self):
+        trainer = self.trainer
+        if not trainer.is_global_zero:
+            return
+        lines = []
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                run = logger.experiment
+                run_dir = Path(run.dir).parent
+                if run.settings.mode == "offline":
+                    lines.append(f"W&B run (offline): {run_dir}\n  upload it with: wandb sync {run_dir}")
+                else:
+                    lines.append(f"W&B run: {run.url} (local files: {run_dir})")
+            elif getattr(logger, "log_dir", None):
+                lines.append(f"Logs: {logger.log_dir}")
+        ckpt = trainer.checkpoint_callback
+        best = ckpt and (ckpt.best_model_path or ckpt.last_model_path)
+        if best and Path(best).is_file():
+            lines.append(f"Checkpoints: {ckpt.dirpath}\n  test with: dl4 test --config <config> --ckpt_path {best}")
+        print("\n".join(lines), flush=True)
+
+
+def _wandb_offline_unless_logged_in() -> None:
+    """W&B logs offline by default; online only when asked (WANDB_MODE) or when credentials exist."""
+    if "WANDB_MODE" in os.environ or os.environ.get("WANDB_API_KEY"):
+        return
+    netrc = Path.home() / ".netrc"
+    if netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
+        return
+    os.environ["WANDB_MODE"] = "offline"
+
+
+def main(args=None) -> None:
+    _wandb_offline_unless_logged_in()
+    torch.set_flush_denormal(True)  # denormal floats late in training slow CPU kernels down many times
+    try:
+        DL4CLI(args=args)
+    except DatasetNotFoundError as err:
+        print(f"dl4: error: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

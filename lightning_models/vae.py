@@ -1,0 +1,92 @@
+"""Variational autoencoder: Gaussian q(z|x), standard normal prior, Bernoulli or Gaussian p(x|z).
+
+Trained on -ELBO = KL(q(z|x) || p(z)) - E_q[log p(x|z)]; tested on -ELBO and the importance-weighted NLL.
+"""
+
+from collections.abc import Sequence
+from typing import Literal
+
+import lightning as L
+import torch
+from torchmetrics import MeanMetric
+
+from lightning_models.nn.autoencoders import Decoder, Encoder, adam
+from lightning_models.nn.vae import gaussian_kl, importance_weighted_nll, log_likelihood, reparameterize
+
+
+class VAE(L.LightningModule):
+    """Args:
+        latent_dim: size of z.
+        hidden_dims: hidden layers of the encoder (the decoder mirrors them).
+        activation: hidden nonlinearity.
+        likelihood: ``bernoulli`` (binarised data) or ``gaussian`` (per-pixel mean and variance).
+        lr: Adam learning rate.
+        iw_samples: k of the importance-weighted NLL reported at test time.
+        iw_chunk: samples evaluated at once by the importance-weighted estimate (memory vs speed).
+        input_shape: (C, H, W) of the images.
+    """
+
+    def __init__(self, latent_dim: int = 50, hidden_dims: Sequence[int] = (200, 200), activation: str = "tanh",
+                 likelihood: Literal["bernoulli", "gaussian"] = "bernoulli", lr: float = 1e-3,
+                 iw_samples: int = 1000, iw_chunk: int = 250, input_shape: Sequence[int] = (1, 28, 28)):
+        super().__init__()
+        # evaluation settings stay out of the checkpoint, so `dl4 test --ckpt_path ... --model.iw_samples=5000` applies
+        self.save_hyperparameters(ignore=["iw_samples", "iw_chunk"])
+        self.iw_samples, self.iw_chunk = iw_samples, iw_chunk
+        self.encoder = Encoder(input_shape, hidden_dims, 2 * latent_dim, activation)
+        out_channels = 2 if likelihood == "gaussian" else 1
+        self.decoder = Decoder(latent_dim, list(reversed(hidden_dims)), input_shape, activation, out_channels)
+        self.val_elbo, self.test_elbo, self.test_iw_nll = MeanMetric(), MeanMetric(), MeanMetric()
+
+    def encode_distribution(self, x):
+        """The mean and log-variance of q(z|x)."""
+        return self.encoder(x).chunk(2, dim=-1)
+
+    def encode(self, x):
+        return self.encode_distribution(x)[0]
+
+    def decode(self, z):
+        """The mean image E[x|z]."""
+        out = self.decoder(z)
+        if self.hparams.likelihood == "gaussian":
+            out = out.chunk(2, dim=-3)[0]
+        return torch.sigmoid(out)
+
+    def forward(self, x):
+        return self.decode(self.encode(x))
+
+    def sample(self, n: int | None = None, z: torch.Tensor | None = None):
+        """Mean images decoded from z ~ p(z) = N(0, I) (or from the given z)."""
+        if z is None:
+            z = torch.randn(n, self.hparams.latent_dim, device=self.device)
+        return self.decode(z)
+
+    def negative_elbo(self, x):
+        """Per image: (-ELBO, KL, -E_q[log p(x|z)]) with one reparameterised sample."""
+        mu, logvar = self.encode_distribution(x)
+        kl = gaussian_kl(mu, logvar)
+        nll = -log_likelihood(x, self.decoder(reparameterize(mu, logvar)), self.hparams.likelihood)
+        return kl + nll, kl, nll
+
+    def training_step(self, batch, batch_idx):
+        neg_elbo, kl, nll = (t.mean() for t in self.negative_elbo(batch[0]))
+        self.log_dict({"train/neg_elbo": neg_elbo, "train/kl": kl, "train/recon_nll": nll})
+        return neg_elbo
+
+    def validation_step(self, batch, batch_idx):
+        self.val_elbo.update(self.negative_elbo(batch[0])[0])
+        self.log("val/neg_elbo", self.val_elbo, prog_bar=True)
+
+    def test_step(self, batch, batch_idx):
+        x = batch[0]
+        self.test_elbo.update(self.negative_elbo(x)[0])
+        self.test_iw_nll.update(importance_weighted_nll(x, self.encode_distribution, self.decoder,
+                                                        self.iw_samples, self.hparams.likelihood, self.iw_chunk))
+        self.log("test/neg_elbo", self.test_elbo)
+        self.log(f"test/iw_nll_k{self.iw_samples}", self.test_iw_nll)
+
+    def predict_step(self, batch, batch_idx):
+        return self.encode(batch[0])
+
+    def configure_optimizers(self):
+        return adam(self, self.hparams.lr)

@@ -1,0 +1,148 @@
+"""The real ``dl4`` console script: every config, a train-then-test round trip, and bad input."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import CONFIGS
+from wandb_records import config as run_config
+from wandb_records import history
+
+ALL_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.yaml"))
+MNIST_CONFIGS = [c for c in ALL_CONFIGS if c.endswith("_mnist.yaml")]
+
+
+def dl4(*args, cwd, data_root=None, timeout=300):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["DL4_DATA_DIR"] = str(data_root) if data_root else env.get("DL4_DATA_DIR", "")
+    env["PYTHONWARNINGS"] = "ignore"
+    return subprocess.run(["dl4", *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_help_lists_the_subcommands(tmp_path):
+    out = dl4("--help", cwd=tmp_path)
+    assert out.returncode == 0
+    for sub in ("fit", "validate", "test", "predict"):
+        assert sub in out.stdout
+
+
+def test_every_experiment_has_a_config():
+    assert set(MNIST_CONFIGS) >= {"ae_mnist.yaml", "dae_mnist.yaml", "sparse_ae_mnist.yaml", "ksparse_ae_mnist.yaml",
+                                  "cae_mnist.yaml", "vae_mnist.yaml"}
+
+
+@pytest.mark.parametrize("config", MNIST_CONFIGS)
+def test_config_runs_through_the_cli(config, tmp_path, mnist_root):
+    out = dl4("fit", "--config", CONFIGS / config, "--trainer.fast_dev_run=2", "--trainer.enable_progress_bar=false",
+              cwd=tmp_path, data_root=mnist_root)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "`Trainer.fit` stopped" in out.stdout + out.stderr
+
+
+def test_print_config_resolves_short_names_and_interpolation(tmp_path):
+    text = (CONFIGS / "vae_mnist.yaml").read_text().replace("batch_size: 100", "batch_size: 100\n    eval_batch_size: "
+                                                            "${data.init_args.batch_size}")
+    (tmp_path / "interpolated.yaml").write_text(text)
+    out = dl4("fit", "--config", tmp_path / "interpolated.yaml", "--print_config", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    printed = yaml.safe_load(out.stdout)
+    assert printed["model"]["class_path"] == "lightning_models.VAE"
+    assert printed["data"]["init_args"]["eval_batch_size"] == printed["data"]["init_args"]["batch_size"] == 100
+    assert printed["seed_everything"] == 0
+
+
+def test_model_can_be_chosen_by_short_name_on_the_command_line(tmp_path):
+    out = dl4("fit", "--config", CONFIGS / "ae_mnist.yaml", "--model=DenoisingAutoencoder",
+              "--model.noise_level=0.5", "--print_config", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    model = yaml.safe_load(out.stdout)["model"]
+    assert model["class_path"].endswith("DenoisingAutoencoder") and model["init_args"]["noise_level"] == 0.5
+
+
+def test_fit_then_test_logs_scalars_images_and_config_to_offline_wandb(tmp_path, mnist_root):
+    (tmp_path / "notes.txt").write_text("mine")
+    common = ["--config", CONFIGS / "vae_mnist.yaml", "--trainer.enable_progress_bar=false"]
+    out = dl4("fit", *common, "--trainer.max_epochs=2", "--trainer.limit_train_batches=30",
+              "--trainer.limit_val_batches=2", cwd=tmp_path, data_root=mnist_root)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "wandb sync runs/wandb/offline-run-" in out.stdout and "Checkpoints: " in out.stdout
+    (run_dir,) = (tmp_path / "runs" / "wandb").glob("offline-run-*")
+    rows = history(run_dir)
+    keys = {k for row in rows for k in row}
+    assert {"train/neg_elbo", "train/kl", "val/neg_elbo", "epoch"} <= keys
+    val = [row["val/neg_elbo"] for row in rows if "val/neg_elbo" in row]
+    assert len(val) == 2 and val[1] < val[0] < 550
+    for image in ("media/reconstructions", "media/prior_samples", "media/latent_interpolation"):
+        logged = [row for row in rows if f"{image}/_type" in row]
+        assert logged, f"{image} not logged"
+        (name,) = logged[-1][f"{image}/filenames"]
+        with Image.open(run_dir / "files" / name) as png:
+            assert png.size == (logged[-1][f"{image}/width"], logged[-1][f"{image}/height"]) and png.size[0] > 100
+    cfg = run_config(run_dir)
+    assert cfg["model"]["class_path"] == "lightning_models.VAE" and cfg["seed_everything"] == 0
+    assert yaml.safe_load((run_dir / "files" / "config.yaml").read_text())["model"]["init_args"]["latent_dim"] == 50
+
+    ckpt = next((tmp_path / "runs" / "dl4").glob("*/checkpoints/last.ckpt"))
+    out = dl4("test", *common, "--ckpt_path", ckpt, "--model.init_args.iw_samples=20", "--trainer.limit_test_batches=2",
+              cwd=tmp_path, data_root=mnist_root)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "test/iw_nll_k20" in out.stdout and "test/neg_elbo" in out.stdout
+    test_run = max((tmp_path / "runs" / "wandb").glob("offline-run-*"))
+    (logged,) = [row for row in history(test_run) if "test/iw_nll_k20" in row]
+    assert logged["test/iw_nll_k20"] <= logged["test/neg_elbo"] + 2  # the bound tightens (up to sampling noise)
+
+    # a second training run in the same folder neither fails on the saved config nor touches the first run
+    first_run_files = sorted(p.name for p in run_dir.rglob("*"))
+    out = dl4("fit", *common, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+              "--trainer.limit_val_batches=2", cwd=tmp_path, data_root=mnist_root)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert len(list((tmp_path / "runs" / "wandb").glob("offline-run-*"))) == 3  # fit, test, fit
+    assert sorted(p.name for p in run_dir.rglob("*")) == first_run_files
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def _untouched(folder: Path) -> bool:
+    return sorted(p.name for p in folder.iterdir()) == ["notes.txt"] and (folder / "notes.txt").read_text() == "mine"
+
+
+def test_unknown_key_fails_fast_with_its_name(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    bad = yaml.safe_load((CONFIGS / "vae_mnist.yaml").read_text())
+    bad["model"]["init_args"]["latent_dimm"] = 3
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    out = dl4("fit", "--config", tmp_path / "bad.yaml", cwd=tmp_path)
+    assert out.returncode != 0
+    assert "latent_dimm" in out.stderr and "Traceback" not in out.stderr
+    (tmp_path / "bad.yaml").unlink()
+    assert _untouched(tmp_path)
+
+
+def test_wrong_type_fails_fast_naming_the_key(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    out = dl4("fit", "--config", CONFIGS / "vae_mnist.yaml", "--model.init_args.latent_dim=fifty", cwd=tmp_path)
+    assert out.returncode != 0
+    assert "latent_dim" in out.stderr and "fifty" in out.stderr and "Traceback" not in out.stderr
+    assert _untouched(tmp_path)
+
+
+def test_missing_data_folder_says_where_it_looked_and_touches_nothing(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    out = dl4("fit", "--config", CONFIGS / "ae_mnist.yaml", "--data.init_args.download=false",
+              "--trainer.enable_progress_bar=false", cwd=tmp_path, data_root=tmp_path / "empty")
+    assert out.returncode == 1
+    assert "dl4: error: MNIST not found" in out.stderr
+    assert str(tmp_path / "empty" / "MNIST" / "raw") in out.stderr and "Traceback" not in out.stderr
+    assert _untouched(tmp_path)  # no run folder, no checkpoint, no config written
+
+
+def test_console_script_is_the_installed_entry_point():
+    out = subprocess.run([sys.executable, "-c", "import importlib.metadata as m; "
+                          "print([e.value for e in m.entry_points(group='console_scripts') if e.name == 'dl4'])"],
+                         capture_output=True, text=True)
+    assert "dl4.cli:main" in out.stdout

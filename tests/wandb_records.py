@@ -1,0 +1,56 @@
+"""Read back what an offline W&B run logged, from its ``run-<id>.wandb`` transaction log.
+
+The file is W&B's LevelDB-style log: a 7-byte header (":W&B", magic, version), then 32 KiB blocks of chunks, each
+with a 7-byte header (crc32c, length, type: full/first/middle/last) around a serialised protobuf ``Record``.
+"""
+
+import json
+import struct
+from pathlib import Path
+
+from wandb.proto import wandb_internal_pb2
+
+BLOCK, HEADER = 32768, 7
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+
+
+def records(path: Path):
+    data = Path(path).read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a W&B transaction log"
+    pos, pending = HEADER, b""
+    while pos + HEADER <= len(data):
+        if BLOCK - pos % BLOCK < HEADER:  # the rest of a block too short for a header is padding
+            pos += BLOCK - pos % BLOCK
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + HEADER])
+        chunk = data[pos + HEADER:pos + HEADER + length]
+        pos += HEADER + length
+        if kind == 0 and length == 0:
+            continue
+        pending = chunk if kind in (FULL, FIRST) else pending + chunk
+        if kind in (FULL, LAST):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            yield record
+
+
+def history(run_dir: Path) -> list[dict]:
+    """The rows the run logged with ``wandb.log``, as {key: value}."""
+    (path,) = Path(run_dir).glob("run-*.wandb")
+    rows = []
+    for record in records(path):
+        if record.WhichOneof("record_type") == "history":
+            rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                         for item in record.history.item})
+    return rows
+
+
+def config(run_dir: Path) -> dict:
+    """The run's config, merged over all its config updates."""
+    (path,) = Path(run_dir).glob("run-*.wandb")
+    merged = {}
+    for record in records(path):
+        if record.WhichOneof("record_type") == "config":
+            for item in record.config.update:
+                merged[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+    return merged
