@@ -4,6 +4,8 @@ Each callback draws every ``every_n_epochs`` validation epochs, on global rank z
 first validation batch (the validation loader is not shuffled), so epochs are comparable.
 """
 
+import math
+
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
@@ -83,5 +85,6 @@ class DecoderFilters(_EveryNEpochs):
     def draw(self, trainer, pl_module, x):
         weight = pl_module.decoder.output_layer.weight  # (pixels, code)
         filters = weight.T[: self.num_filters].reshape(-1, *x.shape[1:])
-        log_image(trainer, "media/decoder_filters", image_grid(filters, nrow=10, normalize=True),
+        nrow = math.ceil(math.sqrt(len(filters)))  # a square grid
+        log_image(trainer, "media/decoder_filters", image_grid(filters, nrow=nrow, normalize=True),
                   "columns of the decoder's output weight, each scaled to [0, 1]")

@@ -14,6 +14,7 @@ from torchmetrics import MeanMetric
 from lightning_models.nn.autoencoders import (Decoder, Encoder, adam, contractive_penalty_sigmoid,
                                               gaussian_noise, jacobian_frobenius_sq, kl_sparsity, masking_noise,
                                               reconstruction_error, top_k)
+from lightning_models.train_logging import log_train_metrics
 
 
 class Autoencoder(L.LightningModule):
@@ -63,7 +64,7 @@ class Autoencoder(L.LightningModule):
         recon = reconstruction_error(self.decoder(h), x, self.hparams.loss).mean()
         penalty = self.penalty(x, h)
         loss = recon + penalty
-        self.log_dict({"train/loss": loss, "train/recon": recon, "train/penalty": penalty}, prog_bar=False)
+        log_train_metrics(self, {"train/loss": loss, "train/recon": recon, "train/penalty": penalty})
         return loss
 
     def _evaluate(self, batch, metric: MeanMetric, stage: str):

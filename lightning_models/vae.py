@@ -12,6 +12,7 @@ from torchmetrics import MeanMetric
 
 from lightning_models.nn.autoencoders import Decoder, Encoder, adam
 from lightning_models.nn.vae import gaussian_kl, importance_weighted_nll, log_likelihood, reparameterize
+from lightning_models.train_logging import log_train_metrics
 
 
 class VAE(L.LightningModule):
@@ -22,17 +23,17 @@ class VAE(L.LightningModule):
         likelihood: ``bernoulli`` (binarised data) or ``gaussian`` (per-pixel mean and variance).
         lr: Adam learning rate.
         iw_samples: k of the importance-weighted NLL reported at test time.
-        iw_chunk: samples evaluated at once by the importance-weighted estimate (memory vs speed).
+        iw_rows: (sample, image) pairs the decoder sees at once in that estimate (a few thousand on a CPU, more on a GPU).
         input_shape: (C, H, W) of the images.
     """
 
     def __init__(self, latent_dim: int = 50, hidden_dims: Sequence[int] = (200, 200), activation: str = "tanh",
                  likelihood: Literal["bernoulli", "gaussian"] = "bernoulli", lr: float = 1e-3,
-                 iw_samples: int = 1000, iw_chunk: int = 250, input_shape: Sequence[int] = (1, 28, 28)):
+                 iw_samples: int = 1000, iw_rows: int = 2048, input_shape: Sequence[int] = (1, 28, 28)):
         super().__init__()
         # evaluation settings stay out of the checkpoint, so `dl4 test --ckpt_path ... --model.iw_samples=5000` applies
-        self.save_hyperparameters(ignore=["iw_samples", "iw_chunk"])
-        self.iw_samples, self.iw_chunk = iw_samples, iw_chunk
+        self.save_hyperparameters(ignore=["iw_samples", "iw_rows"])
+        self.iw_samples, self.iw_rows = iw_samples, iw_rows
         self.encoder = Encoder(input_shape, hidden_dims, 2 * latent_dim, activation)
         out_channels = 2 if likelihood == "gaussian" else 1
         self.decoder = Decoder(latent_dim, list(reversed(hidden_dims)), input_shape, activation, out_channels)
@@ -70,7 +71,7 @@ class VAE(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         neg_elbo, kl, nll = (t.mean() for t in self.negative_elbo(batch[0]))
-        self.log_dict({"train/neg_elbo": neg_elbo, "train/kl": kl, "train/recon_nll": nll})
+        log_train_metrics(self, {"train/neg_elbo": neg_elbo, "train/kl": kl, "train/recon_nll": nll})
         return neg_elbo
 
     def validation_step(self, batch, batch_idx):
@@ -81,7 +82,7 @@ class VAE(L.LightningModule):
         x = batch[0]
         self.test_elbo.update(self.negative_elbo(x)[0])
         self.test_iw_nll.update(importance_weighted_nll(x, self.encode_distribution, self.decoder,
-                                                        self.iw_samples, self.hparams.likelihood, self.iw_chunk))
+                                                        self.iw_samples, self.hparams.likelihood, self.iw_rows))
         self.log("test/neg_elbo", self.test_elbo)
         self.log(f"test/iw_nll_k{self.iw_samples}", self.test_iw_nll)
 

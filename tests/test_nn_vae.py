@@ -65,14 +65,16 @@ def test_iw_nll_with_one_sample_is_the_elbo_in_expectation(trained_vae, test_ima
 
 def test_iw_nll_decreases_with_k(trained_vae, test_images):
     est = {k: importance_weighted_nll(test_images, trained_vae.encode_distribution, trained_vae.decoder, k=k,
-                                      chunk=100).mean().item() for k in (1, 10, 100, 1000)}
+                                      ).mean().item() for k in (1, 10, 100, 1000)}
     assert est[1] > est[10] > est[100] > est[1000], est
     assert est[1] - est[1000] > 1.0, est  # a trained posterior is not exact: the bound tightens by nats
 
 
-def test_iw_nll_chunking_does_not_change_the_estimate(trained_vae, test_images):
-    torch.manual_seed(3)
-    a = importance_weighted_nll(test_images, trained_vae.encode_distribution, trained_vae.decoder, k=50, chunk=50)
-    torch.manual_seed(3)
-    b = importance_weighted_nll(test_images, trained_vae.encode_distribution, trained_vae.decoder, k=50, chunk=7)
-    assert (a - b).abs().mean() < 0.5  # different random draws, same estimator: close in nats
+def test_iw_nll_does_not_depend_on_how_samples_are_split_into_passes(trained_vae, test_images):
+    def mean_estimate(rows):  # k = 200 in one pass, or in passes of 7 samples (the last one short)
+        return torch.stack([importance_weighted_nll(test_images, trained_vae.encode_distribution, trained_vae.decoder,
+                                                    k=200, rows=rows) for _ in range(8)]).mean().item()
+
+    one_pass, many_passes = mean_estimate(64 * 200), mean_estimate(64 * 7)
+    # other random draws of the same estimator: equal within sampling noise
+    assert abs(one_pass - many_passes) < 0.25, (one_pass, many_passes)

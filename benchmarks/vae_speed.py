@@ -1,0 +1,123 @@
+"""Training speed of the VAE: dl4 (Lightning) against a plain PyTorch loop of the same model, and against the
+pytorch/examples VAE recipe (torchvision DataLoader, per-sample ToTensor), all at 784-400-20, batch 128.
+
+    python benchmarks/vae_speed.py [--epochs 4] [--rounds 3]
+
+Each round times one epoch of every variant in turn (interleaved, so a noisy machine hurts all alike) and the
+table reports the median over rounds of the median epoch, in training images per second (validation excluded).
+"""
+
+import argparse
+import os
+import statistics
+import time
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+from torchvision import datasets, transforms
+
+from datamodules import MNISTDataModule
+from lightning_models import VAE
+from lightning_models.nn.autoencoders import adam
+
+SIZE = dict(latent_dim=20, hidden_dims=(400,), activation="relu", likelihood="bernoulli")
+
+
+class EpochTimer(L.Callback):
+    def __init__(self):
+        self.times = []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.times.append(time.perf_counter() - self.start)
+
+
+def plain_loop(dm, epochs):
+    """The same model, data and optimiser in a hand-written loop: the floor Lightning is measured against."""
+    model = VAE(**SIZE)
+    opt = adam(model, 1e-3)
+    times = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        for x, _ in dm.train_dataloader():
+            loss = model.negative_elbo(x.float() / 255)[0].mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def lightning_fit(dm, epochs, full):
+    """dl4's way: Trainer.fit on the LightningModule; ``full`` adds what `dl4 fit` runs with (W&B offline logger,
+    progress bar, checkpointing)."""
+    timer = EpochTimer()
+    logger = L.pytorch.loggers.WandbLogger(project="dl4-bench", save_dir="/tmp/dl4-bench", offline=True) if full else False
+    trainer = L.Trainer(max_epochs=epochs, logger=logger, enable_progress_bar=full, enable_checkpointing=full,
+                        enable_model_summary=False, limit_val_batches=0, callbacks=[timer],
+                        default_root_dir="/tmp/dl4-bench")
+    trainer.fit(VAE(**SIZE), dm)
+    if full:
+        import wandb
+        wandb.finish()
+    return timer.times
+
+
+def examples_recipe(data_dir, epochs):
+    """pytorch/examples vae/main.py: torchvision MNIST, transforms.ToTensor per sample, DataLoader collation."""
+    loader = DataLoader(datasets.MNIST(data_dir, train=True, transform=transforms.ToTensor()), batch_size=128,
+                        shuffle=True, num_workers=1)
+    model = VAE(**SIZE)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    times = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        for x, _ in loader:
+            loss = model.negative_elbo(x)[0].mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", default=os.environ.get("DL4_DATA_DIR", "./data"))
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per variant and round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--precision", default="high", choices=["highest", "high", "medium"])
+    args = parser.parse_args()
+    torch.set_flush_denormal(True)
+    torch.set_float32_matmul_precision(args.precision)
+    os.environ.setdefault("WANDB_MODE", "offline")
+    L.seed_everything(0, verbose=False)
+    dm = MNISTDataModule(args.data_dir, batch_size=128, download=False)
+    dm.setup()
+    n_train = len(dm.train_set) // 128 * 128
+    variants = {
+        "plain PyTorch loop (same model, tensor data)": lambda: plain_loop(dm, args.epochs),
+        "dl4 / Lightning, lean (no logger, no bar)": lambda: lightning_fit(dm, args.epochs, full=False),
+        "dl4 / Lightning as `dl4 fit` (W&B, bar, ckpt)": lambda: lightning_fit(dm, args.epochs, full=True),
+        "pytorch/examples recipe (DataLoader+ToTensor)": lambda: examples_recipe(args.data_dir, args.epochs),
+    }
+    results = {name: [] for name in variants}
+    for r in range(args.rounds):
+        for name, run in variants.items():
+            results[name].append(statistics.median(run()))
+            print(f"round {r}: {name}: {n_train / results[name][-1]:.0f} img/s", flush=True)
+    print(f"\nVAE 784-400-20, batch 128, {torch.get_num_threads()} threads, float32 matmul precision "
+          f"'{args.precision}', torch {torch.__version__}, lightning {L.__version__}")
+    plain = statistics.median(results[next(iter(variants))])
+    print(f"| variant | s / epoch ({n_train} images) | images / s | vs plain loop |")
+    print("|---|---|---|---|")
+    for name, times in results.items():
+        t = statistics.median(times)
+        print(f"| {name} | {t:.2f} | {n_train / t:,.0f} | {100 * (t / plain - 1):+.1f}% |")
+
+
+if __name__ == "__main__":
+    main()

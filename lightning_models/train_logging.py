@@ -1,0 +1,16 @@
+"""Per-step training scalars, logged only on the steps the logger writes."""
+
+import lightning as L
+import torch
+
+
+def log_train_metrics(module: L.LightningModule, metrics: dict[str, torch.Tensor]) -> None:
+    """``module.log_dict(metrics)`` on the steps where Lightning sends metrics to the logger (every
+    ``trainer.log_every_n_steps``), skipped on the others, whose values the logger would never see.
+
+    Each ``self.log`` call costs about 0.5 ms of Python on a CPU (Lightning moves its result object to the device
+    every call), which for a small model is as much as the step itself.
+    """
+    trainer = module._trainer
+    if trainer is not None and (trainer.global_step + 1) % max(trainer.log_every_n_steps, 1) == 0:
+        module.log_dict(metrics)
