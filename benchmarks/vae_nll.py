@@ -9,13 +9,14 @@ Reference: 86.76 nats, VAE with one stochastic layer, k=1 training, 3,280 epochs
 """
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import torch
 import wandb
 
-from dl4.cli import DL4CLI, _wandb_offline_unless_logged_in
+from dl4.cli import DL4CLI, configure_runtime
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,8 +28,8 @@ def main():
     parser.add_argument("--config", default=str(REPO / "configs" / "vae_mnist.yaml"))
     parser.add_argument("--save_dir", default="runs/bench_vae_nll")
     args = parser.parse_args()
-    _wandb_offline_unless_logged_in()
-    torch.set_flush_denormal(True)
+    sys.argv = sys.argv[:1]  # the CLI below gets its arguments from `args=`, not from this script's command line
+    configure_runtime()
     common = ["--config", args.config, "--trainer.enable_progress_bar=false",
               f"--trainer.logger.init_args.save_dir={args.save_dir}"]
 

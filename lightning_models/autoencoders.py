@@ -86,8 +86,12 @@ class Autoencoder(L.LightningModule):
 
 
 class DenoisingAutoencoder(Autoencoder):
-    """Reconstruct the clean x from x_tilde: masking noise (a fraction ``noise_level`` of pixels set to 0)
-    or additive Gaussian noise (standard deviation ``noise_level``)."""
+    """Reconstruct the clean x from a corrupted x_tilde (Vincent et al. 2008).
+
+    Args:
+        noise: ``mask`` (a fraction ``noise_level`` of the pixels set to 0) or ``gaussian`` (additive noise).
+        noise_level: the masking rate, or the Gaussian noise's standard deviation.
+    """
 
     def __init__(self, noise: Literal["mask", "gaussian"] = "mask", noise_level: float = 0.3, **kwargs):
         super().__init__(**kwargs)
@@ -100,7 +104,14 @@ class DenoisingAutoencoder(Autoencoder):
 
 
 class SparseAutoencoder(Autoencoder):
-    """Overcomplete sigmoid code with the sparsity penalty beta * sum_j KL(rho || rho_hat_j)."""
+    """Overcomplete sigmoid code with the sparsity penalty beta * sum_j KL(rho || rho_hat_j).
+
+    Args:
+        rho: target mean activation of every code unit.
+        beta: weight of the sparsity penalty.
+        hidden_dims: hidden layers before the code (none: one layer, as in the lecture).
+        code_dim: code size, larger than the 784 inputs.
+    """
 
     def __init__(self, rho: float = 0.05, beta: float = 3.0, hidden_dims: Sequence[int] = (), code_dim: int = 1000,
                  **kwargs):
@@ -112,7 +123,13 @@ class SparseAutoencoder(Autoencoder):
 
 
 class KSparseAutoencoder(Autoencoder):
-    """Overcomplete linear code of which only the k largest activations are kept (Makhzani & Frey 2013)."""
+    """Overcomplete linear code of which only the k largest activations are kept (Makhzani & Frey 2013).
+
+    Args:
+        k: code units kept per image.
+        hidden_dims: hidden layers before the code.
+        code_dim: code size.
+    """
 
     def __init__(self, k: int = 25, hidden_dims: Sequence[int] = (), code_dim: int = 1000, **kwargs):
         super().__init__(hidden_dims=hidden_dims, code_dim=code_dim, **kwargs)
@@ -127,12 +144,16 @@ class KSparseAutoencoder(Autoencoder):
 class ContractiveAutoencoder(Autoencoder):
     """Reconstruction error + lambda * ||J_h(x)||_F^2 (Rifai et al. 2011).
 
-    ``jacobian="closed_form"`` needs a single sigmoid encoder layer (the paper's setting); ``autograd`` works for
-    any encoder.
+    Args:
+        contraction: lambda, the weight of the Jacobian penalty.
+        jacobian: ``closed_form`` (one sigmoid encoder layer, the paper's setting) or ``autograd`` (any encoder).
+        hidden_dims: hidden layers before the code.
+        code_dim: code size.
+        code_activation: nonlinearity of the code layer.
     """
 
     def __init__(self, contraction: float = 0.1, jacobian: Literal["closed_form", "autograd"] = "closed_form",
-                 hidden_dims: Sequence[int] = (), code_dim: int = 256, code_activation: str = "sigmoid", **kwargs):
+                 hidden_dims: Sequence[int] = (), code_dim: int = 1000, code_activation: str = "sigmoid", **kwargs):
         if jacobian == "closed_form" and (len(hidden_dims) > 0 or code_activation != "sigmoid"):
             raise ValueError("model.jacobian='closed_form' needs one sigmoid encoder layer (hidden_dims: [], "
                              "code_activation: sigmoid); use jacobian: autograd for other encoders")
@@ -141,7 +162,7 @@ class ContractiveAutoencoder(Autoencoder):
 
     def penalty(self, x, h):
         if self.hparams.jacobian == "closed_form":
-            frob = contractive_penalty_sigmoid(h, self.encoder.net[1][0].weight)
+            frob = contractive_penalty_sigmoid(h, self.encoder.input_layer.weight)
         else:
             frob = jacobian_frobenius_sq(self.encoder, x)
         return self.hparams.contraction * frob.mean()

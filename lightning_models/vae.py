@@ -16,7 +16,9 @@ from lightning_models.train_logging import log_train_metrics
 
 
 class VAE(L.LightningModule):
-    """Args:
+    """Gaussian encoder q(z|x) = N(mu(x), diag sigma^2(x)), prior N(0, I), MLP decoder p(x|z).
+
+    Args:
         latent_dim: size of z.
         hidden_dims: hidden layers of the encoder (the decoder mirrors them).
         activation: hidden nonlinearity.

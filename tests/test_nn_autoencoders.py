@@ -46,7 +46,7 @@ def test_contractive_closed_form_equals_autograd_jacobian():
     encoder = Encoder((1, 8, 8), hidden_dims=(), code_dim=20, code_activation="sigmoid").double()
     x = torch.rand(5, 1, 8, 8, dtype=torch.float64)
     h = encoder(x)
-    closed = contractive_penalty_sigmoid(h, encoder.net[1][0].weight)
+    closed = contractive_penalty_sigmoid(h, encoder.input_layer.weight)
     autograd = jacobian_frobenius_sq(encoder, x)
     torch.testing.assert_close(closed, autograd)
     # and the generic version agrees with a Jacobian built row by row

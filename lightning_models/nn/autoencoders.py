@@ -36,6 +36,10 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    @property
+    def input_layer(self) -> nn.Linear:
+        return self.net[1][0]
+
 
 class Decoder(nn.Module):
     """x_hat = psi(h): code (B, code_dim) -> pixel logits (B, *output_shape) (``out_channels`` values a pixel)."""
