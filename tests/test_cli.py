@@ -19,7 +19,8 @@ MNIST_CONFIGS = [c for c in ALL_CONFIGS if c.endswith("_mnist.yaml")]
 
 def dl4(*args, cwd, data_root=None, timeout=300):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env["DL4_DATA_DIR"] = str(data_root) if data_root else env.get("DL4_DATA_DIR", "")
+    if data_root:
+        env["DL4_DATA_DIR"] = str(data_root)
     env["PYTHONWARNINGS"] = "ignore"
     return subprocess.run(["dl4", *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
