@@ -114,7 +114,7 @@ def main():
     print(f"\nVAE 784-400-20, batch 128, {torch.get_num_threads()} threads, float32 matmul precision "
           f"'{args.precision}', torch {torch.__version__}, lightning {L.__version__}")
     plain = results[next(iter(variants))]
-    print(f"| variant | best epoch (s) | images / s, best | images / s, median | time vs plain loop (best, median) |")
+    print("| variant | best epoch (s) | images / s, best | images / s, median | time vs plain loop (best, median) |")
     print("|---|---|---|---|---|")
     for name, times in results.items():
         best, median = min(times), statistics.median(times)

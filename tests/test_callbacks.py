@@ -1,8 +1,6 @@
 """Picture callbacks: the same images reach files, TensorBoard and W&B, and only once under DDP."""
 
 import lightning as L
-import pytest
-import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from PIL import Image
 

@@ -1,7 +1,6 @@
 """What can be checked of the Docker image and the W&B sweeps without a Docker engine or a W&B server."""
 
 import re
-import subprocess
 import tomllib
 
 import pytest
