@@ -96,9 +96,15 @@ def configure_runtime() -> None:
     - The progress bar redraws every 10 steps (TQDM_MINITERS, which Lightning honours; set it to 1 for every
       step): a redraw per step, captured by W&B's console logging, costs as much as a small model's step.
     - Denormal floats are flushed to zero: late in training they slow CPU kernels down many times.
+    - On a machine without a GPU, CUDA availability is checked the plain way. Lightning sets
+      PYTORCH_NVML_BASED_CUDA_CHECK=1 at import (a fork-safe check), and then every optimizer step of a CUDA build of
+      torch dlopens the NVML library again to find no GPU (``Optimizer._accelerator_graph_capture_health_check``):
+      about 0.15 ms a step. With no GPU there is nothing for a fork to poison, so the variable is dropped.
     """
     os.environ.setdefault("TQDM_MINITERS", "10")
     torch.set_flush_denormal(True)
+    if os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1" and not torch.cuda.is_available():
+        del os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"]
     if "WANDB_MODE" in os.environ or os.environ.get("WANDB_API_KEY"):
         return
     netrc = Path.home() / ".netrc"

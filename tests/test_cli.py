@@ -147,3 +147,13 @@ def test_console_script_is_the_installed_entry_point():
                           "print([e.value for e in m.entry_points(group='console_scripts') if e.name == 'dl4'])"],
                          capture_output=True, text=True)
     assert "dl4.cli:main" in out.stdout
+
+
+def test_runtime_drops_lightnings_per_step_nvml_probe_without_a_gpu():
+    """Without a GPU, `PYTORCH_NVML_BASED_CUDA_CHECK=1` (set by importing Lightning) makes every Adam step dlopen
+    NVML; the runtime set-up drops it then, and keeps it where a GPU is (fork safety)."""
+    code = ("import os, torch, lightning; assert os.environ['PYTORCH_NVML_BASED_CUDA_CHECK'] == '1'\n"
+            "from dl4.cli import configure_runtime; configure_runtime()\n"
+            "print(os.environ.get('PYTORCH_NVML_BASED_CUDA_CHECK'), torch.cuda.is_available())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == (["1", "True"] if out[1] == "True" else ["None", "False"])

@@ -30,8 +30,8 @@ def log_normal(z: torch.Tensor, mu: torch.Tensor | float = 0.0, logvar: torch.Te
 def log_likelihood(x: torch.Tensor, out: torch.Tensor, kind: str = "bernoulli") -> torch.Tensor:
     """log p(x|z) per image from the decoder's output: Bernoulli logits (C channels) or Gaussian
     mean logits and log-variances (2C channels: the first C pass a sigmoid to give the mean in [0, 1])."""
-    if kind == "bernoulli":  # log Bernoulli(x; sigmoid(l)) = x l - log(1 + e^l)
-        return (x * out - F.softplus(out)).flatten(-3).sum(-1)
+    if kind == "bernoulli":  # log Bernoulli(x; sigmoid(l)) = x l - log(1 + e^l), as one fused op
+        return -F.binary_cross_entropy_with_logits(out, x.expand_as(out), reduction="none").flatten(-3).sum(-1)
     if kind == "gaussian":
         mean_logits, logvar = out.chunk(2, dim=-3)
         mean = torch.sigmoid(mean_logits)
