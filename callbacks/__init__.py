@@ -1,4 +1,6 @@
 from callbacks.autoencoders import DecoderFilters, LatentInterpolation, PriorSamples, ReconstructionGrid
-from callbacks.media import image_grid, log_image
+from callbacks.gan import GANSamples, GANTrainingFigure, NoiseInterpolation
+from callbacks.media import EveryNEpochs, image_grid, log_image
 
-__all__ = ["DecoderFilters", "LatentInterpolation", "PriorSamples", "ReconstructionGrid", "image_grid", "log_image"]
+__all__ = ["DecoderFilters", "EveryNEpochs", "GANSamples", "GANTrainingFigure", "LatentInterpolation",
+           "NoiseInterpolation", "PriorSamples", "ReconstructionGrid", "image_grid", "log_image"]

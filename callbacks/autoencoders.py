@@ -6,36 +6,12 @@ first validation batch (the validation loader is not shuffled), so epochs are co
 
 import math
 
-import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_only
 
-from callbacks.media import image_grid, log_image
-
-
-class _EveryNEpochs(L.Callback):
-    """Keeps the first ``num_images`` validation images and calls ``draw`` every N validation epochs."""
-
-    def __init__(self, every_n_epochs: int = 1, num_images: int = 16):
-        self.every_n_epochs, self.num_images = every_n_epochs, num_images
-        self.images: torch.Tensor | None = None
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        if batch_idx == 0 and dataloader_idx == 0 and trainer.is_global_zero:
-            self.images = batch[0][: self.num_images].detach()
-
-    @rank_zero_only
-    def on_validation_epoch_end(self, trainer, pl_module):
-        if trainer.sanity_checking or self.images is None or trainer.current_epoch % self.every_n_epochs:
-            return
-        with torch.no_grad():
-            self.draw(trainer, pl_module, self.images)
-
-    def draw(self, trainer, pl_module, x: torch.Tensor) -> None:
-        raise NotImplementedError
+from callbacks.media import EveryNEpochs, image_grid, log_image
 
 
-class ReconstructionGrid(_EveryNEpochs):
+class ReconstructionGrid(EveryNEpochs):
     """Rows of inputs, (corrupted inputs for a denoising model,) and reconstructions."""
 
     def draw(self, trainer, pl_module, x):
@@ -45,7 +21,7 @@ class ReconstructionGrid(_EveryNEpochs):
         log_image(trainer, "media/reconstructions", image_grid(torch.cat(rows).clamp(0, 1), nrow=len(x)), caption)
 
 
-class PriorSamples(_EveryNEpochs):
+class PriorSamples(EveryNEpochs):
     """Decoded samples z ~ p(z) from a fixed noise batch (needs ``pl_module.sample(z=...)``)."""
 
     def __init__(self, every_n_epochs: int = 1, num_samples: int = 64, seed: int = 0):
@@ -58,7 +34,7 @@ class PriorSamples(_EveryNEpochs):
         log_image(trainer, "media/prior_samples", image_grid(pl_module.sample(z=z)), "x ~ p(x|z), z ~ N(0, I)")
 
 
-class LatentInterpolation(_EveryNEpochs):
+class LatentInterpolation(EveryNEpochs):
     """decode((1 - t) h_a + t h_b) for pairs of validation images a, b and t from 0 to 1."""
 
     def __init__(self, every_n_epochs: int = 1, num_pairs: int = 4, steps: int = 10):
@@ -75,7 +51,7 @@ class LatentInterpolation(_EveryNEpochs):
                   "each row: decode((1 - t) h_a + t h_b), t = 0..1")
 
 
-class DecoderFilters(_EveryNEpochs):
+class DecoderFilters(EveryNEpochs):
     """The decoder's output weights as images: the pixel pattern each code unit writes (one per unit)."""
 
     def __init__(self, every_n_epochs: int = 1, num_filters: int = 100):

@@ -5,9 +5,11 @@ Callers run on global rank zero only (media are not reduced across processes).
 
 from pathlib import Path
 
+import lightning as L
 import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 from torchvision.transforms.functional import to_pil_image
 from torchvision.utils import make_grid, save_image
 
@@ -39,3 +41,25 @@ def _file_for(folder: Path, key: str, step: int) -> Path:
     path = folder / "media" / key.replace("/", "_") / f"step_{step:07d}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
+
+
+class EveryNEpochs(L.Callback):
+    """Keeps the first ``num_images`` validation images and calls ``draw`` every N validation epochs."""
+
+    def __init__(self, every_n_epochs: int = 1, num_images: int = 16):
+        self.every_n_epochs, self.num_images = every_n_epochs, num_images
+        self.images: torch.Tensor | None = None
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if batch_idx == 0 and dataloader_idx == 0 and trainer.is_global_zero:
+            self.images = batch[0][: self.num_images].detach()
+
+    @rank_zero_only
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking or self.images is None or trainer.current_epoch % self.every_n_epochs:
+            return
+        with torch.no_grad():
+            self.draw(trainer, pl_module, self.images)
+
+    def draw(self, trainer, pl_module, x: torch.Tensor) -> None:
+        raise NotImplementedError

@@ -41,7 +41,10 @@ class MNISTDataModule(L.LightningDataModule):
         data_dir: folder holding ``MNIST/raw``; default ``$DL4_DATA_DIR`` or ``./data``.
         batch_size: training batch size.
         eval_batch_size: validation/test batch size.
-        val_size: images held out of the 60k training set for validation (a seeded random split).
+        val_size: images held out of the 60k training set for validation.
+        val_split: ``random`` (a seeded random split) or ``tail``: the last ``val_size`` training images in file
+            order, the classic 50k/10k split (train[50000:60000] with val_size 10000) that the GAN paper's Parzen
+            protocol selects its bandwidth on.
         binarize: ``none`` (grey levels), ``fixed`` or ``dynamic`` Bernoulli binarisation.
         download: fetch the files when they are missing.
         seed: seeds the train/validation split and the fixed binarisation.
@@ -49,14 +52,15 @@ class MNISTDataModule(L.LightningDataModule):
     """
 
     def __init__(self, data_dir: str | None = None, batch_size: int = 128, eval_batch_size: int = 1000,
-                 val_size: int = 5000, binarize: Literal["none", "fixed", "dynamic"] = "none",
-                 download: bool = True, seed: int = 0, on_device: bool = True):
+                 val_size: int = 5000, val_split: Literal["random", "tail"] = "random",
+                 binarize: Literal["none", "fixed", "dynamic"] = "none", download: bool = True, seed: int = 0,
+                 on_device: bool = True):
         super().__init__()
         if not 0 < val_size < 60000:
             raise ValueError(f"data.val_size must be between 1 and 59999, got {val_size}")
         self.data_dir = data_dir or default_data_dir()
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.val_size, self.binarize, self.download = val_size, binarize, download
+        self.val_size, self.val_split, self.binarize, self.download = val_size, val_split, binarize, download
         self.seed, self.on_device = seed, on_device
         self.train_set = self.val_set = self.test_set = None
 
@@ -70,8 +74,12 @@ class MNISTDataModule(L.LightningDataModule):
         g = torch.Generator().manual_seed(self.seed)
         x, y = load_mnist(self.data_dir, True, download=False)
         x_test, y_test = load_mnist(self.data_dir, False, download=False)
-        perm = torch.randperm(len(x), generator=g)
-        train_idx, val_idx = perm[self.val_size:], perm[:self.val_size]
+        if self.val_split == "tail":  # the classic split: the last val_size images, in file order
+            n_train = len(x) - self.val_size
+            train_idx, val_idx = torch.arange(n_train), torch.arange(n_train, len(x))
+        else:
+            perm = torch.randperm(len(x), generator=g)
+            train_idx, val_idx = perm[self.val_size:], perm[:self.val_size]
         x_train, x_val = x[train_idx], x[val_idx]
         if self.binarize != "none":
             x_val, x_test = self._binarize(x_val, g), self._binarize(x_test, g)

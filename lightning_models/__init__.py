@@ -1,6 +1,7 @@
 from lightning_models.autoencoders import (Autoencoder, ContractiveAutoencoder, DenoisingAutoencoder,
                                            KSparseAutoencoder, SparseAutoencoder)
+from lightning_models.gan import GAN
 from lightning_models.vae import VAE
 
-__all__ = ["VAE", "Autoencoder", "ContractiveAutoencoder", "DenoisingAutoencoder", "KSparseAutoencoder",
+__all__ = ["GAN", "VAE", "Autoencoder", "ContractiveAutoencoder", "DenoisingAutoencoder", "KSparseAutoencoder",
            "SparseAutoencoder"]

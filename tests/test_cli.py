@@ -35,10 +35,11 @@ def test_help_lists_the_subcommands(tmp_path):
 
 def test_every_experiment_has_a_config():
     assert set(MNIST_CONFIGS) >= {"ae_mnist.yaml", "dae_mnist.yaml", "sparse_ae_mnist.yaml", "ksparse_ae_mnist.yaml",
-                                  "cae_mnist.yaml", "vae_mnist.yaml"}
+                                  "cae_mnist.yaml", "vae_mnist.yaml", "gan_mnist.yaml", "dcgan_mnist.yaml"}
+    assert "gan_1d.yaml" in ALL_CONFIGS
 
 
-@pytest.mark.parametrize("config", MNIST_CONFIGS)
+@pytest.mark.parametrize("config", ALL_CONFIGS)
 def test_config_runs_through_the_cli(config, tmp_path, mnist_root):
     out = dl4("fit", "--config", CONFIGS / config, "--trainer.fast_dev_run=2", "--trainer.enable_progress_bar=false",
               cwd=tmp_path, data_root=mnist_root)

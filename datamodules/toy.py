@@ -1,0 +1,54 @@
+"""Low-dimensional toy data with a known density, for watching a GAN learn (Goodfellow et al. 2014, Figure 1)."""
+
+import math
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+
+from datamodules.tensors import TensorBatchDataset, tensor_loader
+
+
+class Toy1DDataModule(L.LightningDataModule):
+    """Samples of a 1-D Gaussian mixture, drawn once with a seed and kept as tensors; batches are ``(x,)`` with
+    ``x`` of shape (B, 1).
+
+    Args:
+        means, stds, weights: the mixture's components (one component: a Gaussian).
+        num_train, num_val: examples drawn for training and validation.
+        batch_size: training batch size.
+        seed: seeds the draw.
+    """
+
+    def __init__(self, means: Sequence[float] = (2.0,), stds: Sequence[float] = (0.5,),
+                 weights: Sequence[float] | None = None, num_train: int = 20000, num_val: int = 2000,
+                 batch_size: int = 128, seed: int = 0):
+        super().__init__()
+        if len(means) != len(stds) or (weights is not None and len(weights) != len(means)):
+            raise ValueError("data.means, data.stds (and data.weights) need one entry per mixture component")
+        self.means, self.stds = torch.tensor(means, dtype=torch.float), torch.tensor(stds, dtype=torch.float)
+        w = torch.tensor(weights if weights is not None else [1.0] * len(means), dtype=torch.float)
+        self.weights = w / w.sum()
+        self.num_train, self.num_val, self.batch_size, self.seed = num_train, num_val, batch_size, seed
+        self.train_set = self.val_set = None
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        return (self.means[k] + self.stds[k] * torch.randn(n, generator=generator)).unsqueeze(1)
+
+    def density(self, x: torch.Tensor) -> torch.Tensor:
+        """p_data(x) = sum_k w_k N(x; mu_k, s_k^2), for x of any shape."""
+        z = (x.unsqueeze(-1) - self.means) / self.stds
+        return (self.weights * torch.exp(-0.5 * z ** 2) / (self.stds * math.sqrt(2 * math.pi))).sum(-1)
+
+    def setup(self, stage: str | None = None):
+        if self.train_set is None:
+            g = torch.Generator().manual_seed(self.seed)
+            self.train_set = TensorBatchDataset(self.sample(self.num_train, g))
+            self.val_set = TensorBatchDataset(self.sample(self.num_val, g))
+
+    def train_dataloader(self):
+        return tensor_loader(self.train_set, self.batch_size, shuffle=True, drop_last=True)
+
+    def val_dataloader(self):
+        return tensor_loader(self.val_set, self.num_val, shuffle=False)

@@ -1,0 +1,115 @@
+"""The GAN: Algorithm 1's step counts, learning on real MNIST (Parzen estimate), the 1-D equilibrium of
+Figure 1, its pictures, and the full Parzen protocol through `dl4 test`."""
+
+import re
+
+import lightning as L
+import pytest
+import torch
+import yaml
+from lightning.pytorch.loggers import CSVLogger
+from PIL import Image
+
+from callbacks import GANSamples, GANTrainingFigure, NoiseInterpolation
+from conftest import CONFIGS
+from datamodules import MNISTDataModule, Toy1DDataModule
+from datamodules.mnist import load_mnist
+from lightning_models import GAN
+from lightning_models.nn.parzen import parzen_evaluate
+from test_cli import dl4
+
+SMALL = dict(g_hidden=[256, 256], d_hidden=[128], maxout_pieces=3, parzen_samples=200, parzen_valid=100,
+             parzen_eval=200)
+
+
+def trainer(**kw):
+    args = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                num_sanity_val_steps=0)
+    return L.Trainer(**(args | kw))
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_k_discriminator_steps_per_generator_step(k, mnist):
+    model = GAN(k_steps=k, **SMALL)
+    trainer(max_epochs=1, limit_train_batches=6, limit_val_batches=0).fit(model, mnist)
+    d_opt, g_opt = (opt.optimizer for opt in model.optimizers())
+    steps = [int(next(iter(opt.state.values()))["step"]) for opt in (d_opt, g_opt)]
+    assert steps == [6, 6 // k]
+
+
+@torch.no_grad()
+def parzen_of(model, mnist, n=1000):
+    model.eval()
+    samples = model.sample(n)
+    valid = mnist.val_set.tensors[0][:1500].float() / 255
+    return parzen_evaluate(samples, valid[:500], valid[500:])["mean"]
+
+
+def test_gan_learns_mnist_and_d_is_not_perfect(mnist):
+    """300 D/G step pairs (batch 128, about 15 s): the small Parzen estimate (1,000 samples, 1,000 validation
+    images) rises from the untrained generator's ~-250 nats by at least 80, and D still errs."""
+    L.seed_everything(0)
+    model = GAN(**SMALL)
+    before = parzen_of(model, mnist)
+    trainer(max_steps=600, limit_train_batches=300, limit_val_batches=0).fit(model.train(), mnist)
+    after = parzen_of(model, mnist)
+    assert after > before + 80, (before, after)
+    d_acc = model.trainer.callback_metrics["train/d_acc_epoch"].item()
+    assert 0.5 < d_acc < 0.99, d_acc
+
+
+def test_one_dimensional_gan_reaches_the_equilibrium_of_figure_1(tmp_path):
+    """gan_1d.yaml's model, 10 epochs on N(2, 0.5^2) (a few seconds): p_g matches p_data's mean and spread, and
+    D(x) ~ 1/2 over the data; the Figure-1 picture is drawn every epoch."""
+    L.seed_everything(0)
+    cfg = yaml.safe_load((CONFIGS / "gan_1d.yaml").read_text())
+    model, dm = GAN(**cfg["model"]["init_args"]), Toy1DDataModule(**cfg["data"]["init_args"])
+    trainer(max_epochs=10, callbacks=[GANTrainingFigure(every_n_epochs=5)], logger=CSVLogger(tmp_path, name="run"),
+            log_every_n_steps=20).fit(model, dm)
+    model.eval()
+    with torch.no_grad():
+        fake = model.sample(20000).flatten()
+        d_on_data = torch.sigmoid(model.discriminator(dm.val_set.tensors[0]))
+    assert abs(fake.mean().item() - 2.0) < 0.15 and abs(fake.std().item() - 0.5) < 0.15
+    assert (d_on_data - 0.5).abs().mean().item() < 0.05
+    figures = sorted((tmp_path / "run" / "version_0" / "media" / "media_gan_figure_1").glob("*.png"))
+    assert len(figures) == 2
+    with Image.open(figures[-1]) as im:
+        assert im.width > 300 and im.height > 200
+
+
+def test_sample_grids_use_the_same_noise_every_epoch(mnist, tmp_path):
+    model = GAN(**SMALL)
+    trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=1, logger=CSVLogger(tmp_path, name="run"),
+            callbacks=[GANSamples(num_samples=16), NoiseInterpolation(num_pairs=2, steps=5)]).fit(model, mnist)
+    media = tmp_path / "run" / "version_0" / "media"
+    grids = sorted((media / "media_gan_samples").glob("*.png"))
+    assert len(grids) == 2
+    with Image.open(grids[0]) as im:
+        assert im.size == (8 * 30 + 2, 2 * 30 + 2)
+    with Image.open(next((media / "media_gan_interpolation").glob("*.png"))) as im:
+        assert im.size == (5 * 30 + 2, 2 * 30 + 2)
+
+
+def test_tail_split_is_the_papers_validation_set(mnist_root):
+    dm = MNISTDataModule(str(mnist_root), val_size=10000, val_split="tail", download=False)
+    dm.setup()
+    x, _ = load_mnist(str(mnist_root), True, download=False)
+    assert torch.equal(dm.val_set.tensors[0][:, 0], x[50000:])
+    assert torch.equal(dm.train_set.tensors[0][:, 0], x[:50000])
+
+
+def test_full_parzen_protocol_through_dl4_test(tmp_path, mnist_root):
+    args = ["--config", CONFIGS / "gan_mnist.yaml", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={tmp_path}"]
+    fit = dl4("fit", *args, "--trainer.max_epochs=1", "--trainer.limit_train_batches=5",
+              "--trainer.limit_val_batches=2", cwd=tmp_path, data_root=mnist_root)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    test = dl4("test", *args, f"--ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}", "--model.test_samples=2000",
+               "--trainer.limit_test_batches=2", cwd=tmp_path, data_root=mnist_root)
+    assert test.returncode == 0, test.stderr[-3000:]
+    found = dict(re.findall(r"(test/parzen_\w+)\s+([-\d.]+)", test.stdout))
+    assert set(found) == {"test/parzen_ll", "test/parzen_ll_stderr", "test/parzen_sigma"}
+    assert -2000 < float(found["test/parzen_ll"]) < 1000 and float(found["test/parzen_ll_stderr"]) > 0
+    sigma = float(found["test/parzen_sigma"])
+    assert min(abs(sigma - s) for s in torch.logspace(-1, 0, 10).tolist()) < 1e-4
