@@ -3,7 +3,7 @@ Parzen-window log-likelihood.
 
 Algorithm 1 with Lightning's manual optimisation: every training batch makes one discriminator step (a fresh
 minibatch of real data and of noise), and every k-th batch also makes one generator step, so k D-steps alternate
-with one G-step.
+with one G-step. On the batches with a G-step, the generator's samples of the D-step are reused for it.
 """
 
 from collections.abc import Sequence
@@ -89,11 +89,13 @@ class GAN(L.LightningModule):
     def forward(self, z):
         return self.generator(z)
 
-    def discriminator_step(self, x: torch.Tensor, opt) -> dict[str, torch.Tensor]:
-        """One step of Algorithm 1's inner loop: m noise samples and m examples, ascend V in D's parameters."""
-        with torch.no_grad():
-            fake = self.generator(self.noise(len(x)))
-        real_logits, fake_logits = self.discriminator(x), self.discriminator(fake)
+    def discriminator_step(self, x: torch.Tensor, opt, fake: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """One step of Algorithm 1's inner loop: m noise samples and m examples, ascend V in D's parameters.
+        ``fake``: G(z) already drawn for this batch (used detached); otherwise it is drawn here."""
+        if fake is None:
+            with torch.no_grad():
+                fake = self.sample(len(x))
+        real_logits, fake_logits = self.discriminator(x), self.discriminator(fake.detach())
         loss = discriminator_loss(real_logits, fake_logits)
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
@@ -103,11 +105,11 @@ class GAN(L.LightningModule):
             return {"d_loss": loss.detach(), "d_real": torch.sigmoid(real_logits).mean(),
                     "d_fake": torch.sigmoid(fake_logits).mean(), "d_acc": acc}
 
-    def generator_step(self, n: int, opt) -> torch.Tensor:
-        """Algorithm 1's generator update: m noise samples, descend the generator objective in G's parameters
-        (D's parameters are frozen meanwhile, so no gradient is computed for them)."""
+    def generator_step(self, fake: torch.Tensor, opt) -> torch.Tensor:
+        """Algorithm 1's generator update on m samples fake = G(z): descend the generator objective in G's
+        parameters (D's parameters are frozen meanwhile, so no gradient is computed for them)."""
         self.discriminator.requires_grad_(False)
-        loss = generator_loss(self.discriminator(self.sample(n)), self.hparams.generator_objective)
+        loss = generator_loss(self.discriminator(fake), self.hparams.generator_objective)
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         opt.step()
@@ -117,9 +119,13 @@ class GAN(L.LightningModule):
     def training_step(self, batch, batch_idx):
         x = batch[0]
         opt_d, opt_g = self.optimizers()
-        stats = self.discriminator_step(x, opt_d)
-        if (batch_idx + 1) % self.hparams.k_steps == 0:
-            self._g_loss = self.generator_step(len(x), opt_g)
+        g_step = (batch_idx + 1) % self.hparams.k_steps == 0
+        # on a batch that ends with a G-step, one G(z) serves both players (as pytorch/examples' DCGAN does):
+        # D steps on it detached, then G steps through the updated D; other batches draw G(z) without a graph
+        fake = self.sample(len(x)) if g_step else None
+        stats = self.discriminator_step(x, opt_d, fake)
+        if g_step:
+            self._g_loss = self.generator_step(fake, opt_g)
         self.train_d_acc.update(stats["d_acc"])
         if self._g_loss is not None:
             stats["g_loss"] = self._g_loss

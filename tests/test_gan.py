@@ -59,18 +59,18 @@ def test_gan_learns_mnist_and_d_is_not_perfect(mnist):
 
 
 def test_one_dimensional_gan_reaches_the_equilibrium_of_figure_1(tmp_path):
-    """gan_1d.yaml's model, 10 epochs on N(2, 0.5^2) (a few seconds): p_g matches p_data's mean and spread, and
-    D(x) ~ 1/2 over the data; the Figure-1 picture is drawn every epoch."""
+    """gan_1d.yaml as configured (20 epochs on N(2, 0.5^2), about 15 s): p_g matches p_data's mean and spread
+    (the untrained G puts its mass near 0), and D(x) ~ 1/2 over the data; the Figure-1 picture is drawn."""
     L.seed_everything(0)
     cfg = yaml.safe_load((CONFIGS / "gan_1d.yaml").read_text())
     model, dm = GAN(**cfg["model"]["init_args"]), Toy1DDataModule(**cfg["data"]["init_args"])
-    trainer(max_epochs=10, callbacks=[GANTrainingFigure(every_n_epochs=5)], logger=CSVLogger(tmp_path, name="run"),
-            log_every_n_steps=20).fit(model, dm)
+    trainer(max_epochs=cfg["trainer"]["max_epochs"], callbacks=[GANTrainingFigure(every_n_epochs=10)],
+            logger=CSVLogger(tmp_path, name="run"), log_every_n_steps=20).fit(model, dm)
     model.eval()
     with torch.no_grad():
         fake = model.sample(20000).flatten()
         d_on_data = torch.sigmoid(model.discriminator(dm.val_set.tensors[0]))
-    assert abs(fake.mean().item() - 2.0) < 0.15 and abs(fake.std().item() - 0.5) < 0.15
+    assert abs(fake.mean().item() - 2.0) < 0.2 and abs(fake.std().item() - 0.5) < 0.2, (fake.mean(), fake.std())
     assert (d_on_data - 0.5).abs().mean().item() < 0.05
     figures = sorted((tmp_path / "run" / "version_0" / "media" / "media_gan_figure_1").glob("*.png"))
     assert len(figures) == 2
