@@ -77,6 +77,13 @@ class GAN(L.LightningModule):
         self._val_images: list[torch.Tensor] = []
         self._g_loss: torch.Tensor | None = None
 
+    def setup(self, stage: str) -> None:
+        # each player's step leaves the other's parameters without a gradient, so under DDP the reducer must look
+        # for unused parameters (what `strategy=ddp_find_unused_parameters_true` sets); an explicit choice stays
+        ddp_kwargs = getattr(self.trainer.strategy, "_ddp_kwargs", None)
+        if isinstance(ddp_kwargs, dict):
+            ddp_kwargs.setdefault("find_unused_parameters", True)
+
     # --- the game ---
 
     def noise(self, n: int) -> torch.Tensor:

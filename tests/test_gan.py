@@ -113,3 +113,16 @@ def test_full_parzen_protocol_through_dl4_test(tmp_path, mnist_root):
     assert -2000 < float(found["test/parzen_ll"]) < 1000 and float(found["test/parzen_ll_stderr"]) > 0
     sigma = float(found["test/parzen_sigma"])
     assert min(abs(sigma - s) for s in torch.logspace(-1, 0, 10).tolist()) < 1e-4
+
+
+def test_ddp_on_two_processes_trains_both_players_and_draws_once(tmp_path, mnist_root):
+    """Each player's step leaves the other's parameters without gradients: the GAN must still run under plain
+    `strategy=ddp` (it asks DDP to look for unused parameters), and its pictures come from rank zero only."""
+    out = dl4("fit", "--config", CONFIGS / "dcgan_mnist.yaml", "--trainer.accelerator=cpu", "--trainer.devices=2",
+              "--trainer.strategy=ddp", "--trainer.logger=CSVLogger", "--trainer.logger.save_dir=runs",
+              "--trainer.max_epochs=2", "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=2",
+              "--trainer.enable_progress_bar=false", cwd=tmp_path, data_root=mnist_root, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (run,) = (tmp_path / "runs").glob("*/version_*")
+    assert len(list((run / "media" / "media_gan_samples").glob("*.png"))) == 2  # 2 epochs, rank zero only
+    assert "val/parzen_ll" in (run / "metrics.csv").read_text()
