@@ -53,9 +53,12 @@ def main():
 
     evaluate("real training images train[:10000] (reference)", as_float(x_train[: args.samples]))
     for spec in args.ckpt:
-        name, _, path = spec.rpartition("=")
-        model = GAN.load_from_checkpoint(path or spec, map_location="cpu")
+        name, _, path = spec.partition("=") if "=" in spec.split("/")[0] else ("", "", spec)
+        if not os.path.isfile(path):
+            parser.error(f"--ckpt {spec}: no checkpoint file at {path}")
+        model = GAN.load_from_checkpoint(path, map_location="cpu")
         evaluate(f"{name or path}: trained GAN", gan_samples(model, args.samples))
+        torch.manual_seed(0)
         evaluate(f"{name or path}: the same GAN untrained", gan_samples(GAN(**model.hparams), args.samples))
 
     print("\n| model | sigma | Parzen log-likelihood (nats) | evaluation time |")
