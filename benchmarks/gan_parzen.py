@@ -37,6 +37,12 @@ def main():
     parser.add_argument("--data_dir", default=os.environ.get("DL4_DATA_DIR", "./data"))
     parser.add_argument("--samples", type=int, default=10000)
     args = parser.parse_args()
+    checkpoints = []
+    for spec in args.ckpt:
+        name, _, path = spec.partition("=") if "=" in spec.split("/")[0] else ("", "", spec)
+        if not os.path.isfile(path):
+            parser.error(f"--ckpt {spec}: no checkpoint file at {path}")
+        checkpoints.append((name, path))
     torch.set_flush_denormal(True)
     x_train, _ = load_mnist(args.data_dir, True, download=False)
     x_test, _ = load_mnist(args.data_dir, False, download=False)
@@ -52,10 +58,7 @@ def main():
         print(f"{name}: {r['mean']:.1f} +- {r['stderr']:.1f} nats (sigma {r['sigma']:.3f})", flush=True)
 
     evaluate("real training images train[:10000] (reference)", as_float(x_train[: args.samples]))
-    for spec in args.ckpt:
-        name, _, path = spec.partition("=") if "=" in spec.split("/")[0] else ("", "", spec)
-        if not os.path.isfile(path):
-            parser.error(f"--ckpt {spec}: no checkpoint file at {path}")
+    for name, path in checkpoints:
         model = GAN.load_from_checkpoint(path, map_location="cpu")
         evaluate(f"{name or path}: trained GAN", gan_samples(model, args.samples))
         torch.manual_seed(0)
