@@ -7,7 +7,7 @@ from PIL import Image
 from callbacks import DecoderFilters, LatentInterpolation, PriorSamples, ReconstructionGrid
 from conftest import CONFIGS
 from lightning_models import VAE, DenoisingAutoencoder, SparseAutoencoder
-from test_cli import dl4
+from test_cli import ddp_fit
 
 
 def short_fit(model, mnist, logger, callbacks, root):
@@ -51,12 +51,7 @@ def test_images_reach_tensorboard(mnist, tmp_path):
 
 
 def test_ddp_on_two_processes_logs_each_picture_once(tmp_path, mnist_root):
-    out = dl4("fit", "--config", CONFIGS / "dae_mnist.yaml", "--trainer.accelerator=cpu", "--trainer.devices=2",
-              "--trainer.strategy=ddp", "--trainer.logger=CSVLogger", "--trainer.logger.save_dir=runs",
-              "--trainer.max_epochs=2", "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=2",
-              "--trainer.enable_progress_bar=false", cwd=tmp_path, data_root=mnist_root, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    (run,) = (tmp_path / "runs").glob("*/version_*")
+    run = ddp_fit(CONFIGS / "dae_mnist.yaml", tmp_path, mnist_root)
     assert len(list((run / "media" / "media_reconstructions").glob("*.png"))) == 2  # 2 epochs, rank zero only
     metrics = (run / "metrics.csv").read_text()
     assert "val/recon" in metrics

@@ -26,6 +26,17 @@ def dl4(*args, cwd, data_root=None, timeout=300):
                           timeout=timeout)
 
 
+def ddp_fit(config, tmp_path, data_root):
+    """`dl4 fit` of a config on 2 CPU processes (DDP, gloo), 2 short epochs, CSV logs; returns the run folder."""
+    out = dl4("fit", "--config", config, "--trainer.accelerator=cpu", "--trainer.devices=2",
+              "--trainer.strategy=ddp", "--trainer.logger=CSVLogger", "--trainer.logger.save_dir=runs",
+              "--trainer.max_epochs=2", "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=2",
+              "--trainer.enable_progress_bar=false", cwd=tmp_path, data_root=data_root, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (run,) = (tmp_path / "runs").glob("*/version_*")
+    return run
+
+
 def test_help_lists_the_subcommands(tmp_path):
     out = dl4("--help", cwd=tmp_path)
     assert out.returncode == 0

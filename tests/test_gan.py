@@ -16,7 +16,7 @@ from datamodules import MNISTDataModule, Toy1DDataModule
 from datamodules.mnist import load_mnist
 from lightning_models import GAN
 from lightning_models.nn.parzen import parzen_evaluate
-from test_cli import dl4
+from test_cli import ddp_fit, dl4
 
 SMALL = dict(g_hidden=[256, 256], d_hidden=[128], maxout_pieces=3, parzen_samples=200, parzen_valid=100,
              parzen_eval=200)
@@ -60,7 +60,9 @@ def test_gan_learns_mnist_and_d_is_not_perfect(mnist):
 
 def test_one_dimensional_gan_reaches_the_equilibrium_of_figure_1(tmp_path):
     """gan_1d.yaml as configured (20 epochs on N(2, 0.5^2), about 15 s): p_g matches p_data's mean and spread
-    (the untrained G puts its mass near 0), and D(x) ~ 1/2 over the data; the Figure-1 picture is drawn."""
+    (the untrained G puts its mass near 0), and D(x) ~ 1/2 over the data; the Figure-1 picture is drawn.
+    The 0.2 tolerance is the seed-to-seed spread of this config (seeds 0-3 gave means 1.86-1.98, stds 0.43-0.67);
+    seed 0 lands at 1.88 and 0.45."""
     L.seed_everything(0)
     cfg = yaml.safe_load((CONFIGS / "gan_1d.yaml").read_text())
     model, dm = GAN(**cfg["model"]["init_args"]), Toy1DDataModule(**cfg["data"]["init_args"])
@@ -118,11 +120,6 @@ def test_full_parzen_protocol_through_dl4_test(tmp_path, mnist_root):
 def test_ddp_on_two_processes_trains_both_players_and_draws_once(tmp_path, mnist_root):
     """Each player's step leaves the other's parameters without gradients: the GAN must still run under plain
     `strategy=ddp` (it asks DDP to look for unused parameters), and its pictures come from rank zero only."""
-    out = dl4("fit", "--config", CONFIGS / "dcgan_mnist.yaml", "--trainer.accelerator=cpu", "--trainer.devices=2",
-              "--trainer.strategy=ddp", "--trainer.logger=CSVLogger", "--trainer.logger.save_dir=runs",
-              "--trainer.max_epochs=2", "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=2",
-              "--trainer.enable_progress_bar=false", cwd=tmp_path, data_root=mnist_root, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    (run,) = (tmp_path / "runs").glob("*/version_*")
+    run = ddp_fit(CONFIGS / "dcgan_mnist.yaml", tmp_path, mnist_root)
     assert len(list((run / "media" / "media_gan_samples").glob("*.png"))) == 2  # 2 epochs, rank zero only
     assert "val/parzen_ll" in (run / "metrics.csv").read_text()

@@ -4,23 +4,31 @@ Pure PyTorch; every function works on a batch and is testable without a trainer.
 """
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "identity": nn.Identity}
+ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": partial(nn.LeakyReLU, 0.2), "elu": nn.ELU, "tanh": nn.Tanh,
+               "sigmoid": nn.Sigmoid, "identity": nn.Identity}
+
+
+def nonlinearity(name: str) -> nn.Module:
+    """A new nonlinearity layer by name (one of ``ACTIVATIONS``)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
 
 
 def mlp(sizes: Sequence[int], activation: str = "relu", out_activation: str = "identity") -> nn.Sequential:
     """Linear layers sizes[0] -> ... -> sizes[-1], ``activation`` between them and ``out_activation`` last."""
     for name in (activation, out_activation):
-        if name not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
+        nonlinearity(name)  # an unknown name fails here, even where no layer would use it
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         last = i == len(sizes) - 2
-        layers += [nn.Linear(n_in, n_out), ACTIVATIONS[out_activation if last else activation]()]
+        layers += [nn.Linear(n_in, n_out), nonlinearity(out_activation if last else activation)]
     return nn.Sequential(*layers)
 
 

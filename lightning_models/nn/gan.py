@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_models.nn.autoencoders import nonlinearity
+
 Prior = Literal["uniform", "gaussian"]
 
 
@@ -58,14 +60,6 @@ class Maxout(nn.Module):
         return self.linear(x).unflatten(-1, (self.n_out, self.pieces)).amax(-1)
 
 
-def _activation(name: str) -> nn.Module:
-    acts = {"relu": nn.ReLU(), "leaky_relu": nn.LeakyReLU(0.2), "tanh": nn.Tanh(), "identity": nn.Identity(),
-            "sigmoid": nn.Sigmoid()}
-    if name not in acts:
-        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(acts)}")
-    return acts[name]
-
-
 class MLPGenerator(nn.Module):
     """G(z): noise -> hidden layers (``activation``, optionally batch-normalised) -> data, through ``output``
     (``sigmoid`` for pixels in [0, 1], ``identity`` for real-valued data)."""
@@ -78,9 +72,9 @@ class MLPGenerator(nn.Module):
             layers.append(nn.Linear(n_in, n_out))
             if batch_norm and i > 0:
                 layers.append(nn.BatchNorm1d(n_out))
-            layers.append(_activation(activation))
+            layers.append(nonlinearity(activation))
             n_in = n_out
-        layers += [nn.Linear(n_in, math.prod(data_shape)), _activation(output), nn.Unflatten(1, tuple(data_shape))]
+        layers += [nn.Linear(n_in, math.prod(data_shape)), nonlinearity(output), nn.Unflatten(1, tuple(data_shape))]
         self.net = nn.Sequential(*layers)
 
     def forward(self, z):
@@ -99,7 +93,7 @@ class MLPDiscriminator(nn.Module):
         for n_out in hidden_dims:
             layers += [Maxout(n_in, n_out, pieces) if activation == "maxout" else nn.Linear(n_in, n_out)]
             if activation != "maxout":
-                layers.append(_activation(activation))
+                layers.append(nonlinearity(activation))
             if dropout:
                 layers.append(nn.Dropout(dropout))
             n_in = n_out
