@@ -4,13 +4,9 @@ Figure 1 (data density, generator density, D(x) and the mapping z -> x) as a ser
 Each callback draws every ``every_n_epochs`` validation epochs on global rank zero.
 """
 
-import io
-
 import torch
-from PIL import Image
-from torchvision.transforms.functional import pil_to_tensor
 
-from callbacks.media import EveryNEpochs, image_grid, log_image
+from callbacks.media import EveryNEpochs, figure_to_image, image_grid, log_image, pyplot
 from lightning_models.nn.gan import sample_noise
 
 
@@ -64,11 +60,7 @@ class GANTrainingFigure(EveryNEpochs):
 @torch.no_grad()
 def figure_1(pl_module, density, real: torch.Tensor, num_samples: int = 20000, num_lines: int = 25) -> torch.Tensor:
     """Draw Figure 1 for the module's current G and D; returns the picture as a (3, H, W) tensor in [0, 1]."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fake = pl_module.sample(num_samples).flatten().cpu()
     lo = min(fake.quantile(0.001).item(), real.min().item()) - 0.5
     hi = max(fake.quantile(0.999).item(), real.max().item()) + 0.5
@@ -95,8 +87,4 @@ def figure_1(pl_module, density, real: torch.Tensor, num_samples: int = 20000, n
     ax.set_xlim(lo, hi)
     ax.set_ylim(-0.5, max(1.05, float(d_of_x.max()) + 0.05))
     ax.legend(loc="upper right", fontsize=8)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    plt.close(fig)
-    buf.seek(0)
-    return pil_to_tensor(Image.open(buf).convert("RGB")).float() / 255
+    return figure_to_image(fig)

@@ -3,6 +3,7 @@
 Callers run on global rank zero only (media are not reduced across processes).
 """
 
+import io
 from pathlib import Path
 
 import lightning as L
@@ -10,7 +11,8 @@ import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
-from torchvision.transforms.functional import to_pil_image
+from PIL import Image
+from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 from torchvision.utils import make_grid, save_image
 
 
@@ -35,6 +37,42 @@ def log_image(trainer: Trainer, key: str, grid: torch.Tensor, caption: str | Non
             save_image(grid, _file_for(folder, key, step))
     if not trainer.loggers:
         save_image(grid, _file_for(Path(trainer.default_root_dir), key, step))
+
+
+def run_file(trainer: Trainer, name: str) -> Path:
+    """A path for a raw file kept with the run: the W&B run's files (uploaded by ``wandb sync``), else the
+    logger's ``log_dir/media``, else ``default_root_dir/media``."""
+    folder = None
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            folder = Path(logger.experiment.dir)
+            break
+        if getattr(logger, "log_dir", None):
+            folder = Path(logger.log_dir) / "media"
+    folder = folder or Path(trainer.default_root_dir) / "media"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / name
+
+
+def figure_to_image(fig) -> torch.Tensor:
+    """A matplotlib figure -> (3, H, W) tensor in [0, 1], for ``log_image``; the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    plt.close(fig)
+    buf.seek(0)
+    return pil_to_tensor(Image.open(buf).convert("RGB")).float() / 255
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (callbacks draw on machines without a display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _file_for(folder: Path, key: str, step: int) -> Path:

@@ -14,7 +14,7 @@ import torch
 from torchmetrics import MeanMetric
 
 from lightning_models.nn.gan import (DCDiscriminator, DCGenerator, MLPDiscriminator, MLPGenerator, Prior,
-                                     discriminator_loss, generator_loss, sample_noise)
+                                     discriminator_loss, generator_loss, sample_noise, uniform_init)
 from lightning_models.nn.parzen import MNIST_SIGMAS, MeanStdErr, parzen_log_likelihood, select_sigma
 from lightning_models.train_logging import log_train_metrics
 
@@ -43,6 +43,14 @@ class GAN(L.LightningModule):
             log-likelihood of the test set.
         parzen_sigmas: the bandwidth grid (logspace(-1, 0, 10), the paper's for MNIST).
         conv_width: channels of the DCGAN nets' first (D) and last (G) convolution.
+        g_init_range, d_init_range: draw every weight of G (D) from U(-range, range), biases 0, as the paper's
+            code does (0.05 and 0.005); None keeps PyTorch's default initialisation.
+        output_bias_from_data: start G's output biases at the logits of the training pixels' means
+            (pylearn2's ``init_sigmoid_bias_from_marginals``), so the untrained G already draws the mean image.
+        d_lr_scale: D's learning rate is ``lr * d_lr_scale``; the paper's code weighs D's objective by 1/2
+            (0.5).
+        final_momentum, momentum_saturate: SGD's momentum rises linearly from ``momentum`` after the first epoch
+            to ``final_momentum`` at epoch ``momentum_saturate`` (the paper's code: 0.5 to 0.7 by epoch 250).
     """
 
     def __init__(self, noise_dim: int = 100, prior: Prior = "uniform", architecture: Literal["mlp", "dcgan"] = "mlp",
@@ -54,7 +62,10 @@ class GAN(L.LightningModule):
                  optimizer: Literal["adam", "sgd"] = "adam", lr: float = 2e-4, betas: Sequence[float] = (0.5, 0.999),
                  momentum: float = 0.5, lr_decay: float = 1.0, parzen_samples: int = 1000, parzen_valid: int = 300,
                  parzen_eval: int = 1000, test_samples: int = 10000, test_valid: int = 1000,
-                 parzen_sigmas: Sequence[float] = tuple(MNIST_SIGMAS), conv_width: int = 64):
+                 parzen_sigmas: Sequence[float] = tuple(MNIST_SIGMAS), conv_width: int = 64,
+                 g_init_range: float | None = None, d_init_range: float | None = None,
+                 output_bias_from_data: bool = False, d_lr_scale: float = 1.0, final_momentum: float | None = None,
+                 momentum_saturate: int = 250):
         super().__init__()
         if k_steps < 1:
             raise ValueError(f"model.k_steps must be at least 1, got {k_steps}")
@@ -67,6 +78,11 @@ class GAN(L.LightningModule):
             self.generator = MLPGenerator(noise_dim, g_hidden, data_shape, g_activation, g_batch_norm, output)
             self.discriminator = MLPDiscriminator(data_shape, d_hidden, d_activation, maxout_pieces, d_dropout,
                                                   d_input_dropout)
+        for module, init_range in ((self.generator, g_init_range), (self.discriminator, d_init_range)):
+            if init_range is not None:
+                uniform_init(module, init_range)
+        if output_bias_from_data and not isinstance(self.generator, MLPGenerator):
+            raise ValueError("model.output_bias_from_data needs architecture: mlp (G's last layer is linear)")
         # a fixed noise batch: the training-time Parzen estimate and the sample grids compare across epochs
         fixed = torch.Generator().manual_seed(0)
         self.register_buffer("fixed_z", sample_noise(parzen_samples, noise_dim, prior, generator=fixed),
@@ -83,6 +99,26 @@ class GAN(L.LightningModule):
         ddp_kwargs = getattr(self.trainer.strategy, "_ddp_kwargs", None)
         if isinstance(ddp_kwargs, dict):
             ddp_kwargs.setdefault("find_unused_parameters", True)
+
+    def on_fit_start(self) -> None:
+        if self.hparams.output_bias_from_data and self.global_step == 0:
+            dm = self.trainer.datamodule
+            total, count = 0.0, 0
+            for batch in dm.train_dataloader():
+                x = dm.on_after_batch_transfer(dm.transfer_batch_to_device(batch, self.device, 0), 0)[0]
+                total, count = total + x.sum(0), count + len(x)
+            p = (total / count).flatten().clamp(1e-3, 1 - 1e-3)
+            p = self.trainer.strategy.broadcast(p)
+            with torch.no_grad():
+                self.generator.output_layer.bias.copy_(torch.log(p / (1 - p)))  # sigmoid(bias) = mean pixel
+
+    def on_train_epoch_start(self) -> None:
+        hp = self.hparams
+        if hp.optimizer == "sgd" and hp.final_momentum is not None:  # pylearn2's MomentumAdjustor
+            progress = min(1.0, self.current_epoch / max(1, hp.momentum_saturate - 1))
+            for opt in self.optimizers():
+                for group in opt.param_groups:
+                    group["momentum"] = hp.momentum + progress * (hp.final_momentum - hp.momentum)
 
     # --- the game ---
 
@@ -198,14 +234,14 @@ class GAN(L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
 
-        def make(module):
+        def make(module, lr):
             params = list(module.parameters())
             if hp.optimizer == "sgd":
-                return torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum)
+                return torch.optim.SGD(params, lr=lr, momentum=hp.momentum)
             fused = all(p.device.type in ("cpu", "cuda") for p in params)  # one kernel for all tensors
-            return torch.optim.Adam(params, lr=hp.lr, betas=tuple(hp.betas), fused=fused)
+            return torch.optim.Adam(params, lr=lr, betas=tuple(hp.betas), fused=fused)
 
-        opt_d, opt_g = make(self.discriminator), make(self.generator)
+        opt_d, opt_g = make(self.discriminator, hp.lr * hp.d_lr_scale), make(self.generator, hp.lr)
         if hp.lr_decay == 1.0:
             return [opt_d, opt_g]
         schedulers = [torch.optim.lr_scheduler.ExponentialLR(opt, hp.lr_decay) for opt in (opt_d, opt_g)]

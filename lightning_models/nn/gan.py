@@ -48,6 +48,17 @@ def generator_loss(fake_logits: torch.Tensor, kind: Literal["minimax", "non_satu
     raise ValueError(f"unknown generator loss {kind!r}; choose 'minimax' or 'non_saturating'")
 
 
+def uniform_init(module: nn.Module, init_range: float) -> None:
+    """Every weight of the module's linear and convolutional layers from U(-init_range, init_range), every bias 0
+    (pylearn2's ``irange``, which the paper's code uses)."""
+    with torch.no_grad():
+        for layer in module.modules():
+            if isinstance(layer, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+                layer.weight.uniform_(-init_range, init_range)
+                if layer.bias is not None:
+                    layer.bias.zero_()
+
+
 class Maxout(nn.Module):
     """h_i(x) = max_j (x W_ij + b_ij), j = 1..pieces (Goodfellow et al. 2013): the paper's discriminator units."""
 
@@ -76,6 +87,10 @@ class MLPGenerator(nn.Module):
             n_in = n_out
         layers += [nn.Linear(n_in, math.prod(data_shape)), nonlinearity(output), nn.Unflatten(1, tuple(data_shape))]
         self.net = nn.Sequential(*layers)
+
+    @property
+    def output_layer(self) -> nn.Linear:
+        return self.net[-3]
 
     def forward(self, z):
         return self.net(z)
