@@ -11,6 +11,9 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     DL4_DATA_DIR=/data
 
+# a C++ compiler for torch.compile (the NTM compiles its time step; Inductor and Triton build kernels with it)
+RUN apt-get update && apt-get install -y --no-install-recommends g++ && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /opt/dl4
 COPY pyproject.toml README.md ./
 COPY dl4 ./dl4

@@ -1,6 +1,8 @@
 from callbacks.autoencoders import DecoderFilters, LatentInterpolation, PriorSamples, ReconstructionGrid
 from callbacks.gan import GANSamples, GANTrainingFigure, NoiseInterpolation
 from callbacks.media import EveryNEpochs, image_grid, log_image
+from callbacks.ntm import CopyGeneralisation, NTMMemoryTrace
 
-__all__ = ["DecoderFilters", "EveryNEpochs", "GANSamples", "GANTrainingFigure", "LatentInterpolation",
-           "NoiseInterpolation", "PriorSamples", "ReconstructionGrid", "image_grid", "log_image"]
+__all__ = ["CopyGeneralisation", "DecoderFilters", "EveryNEpochs", "GANSamples", "GANTrainingFigure",
+           "LatentInterpolation", "NoiseInterpolation", "NTMMemoryTrace", "PriorSamples", "ReconstructionGrid",
+           "image_grid", "log_image"]

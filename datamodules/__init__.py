@@ -1,5 +1,7 @@
+from datamodules.algorithmic import AlgorithmicTasksDataModule
 from datamodules.data_root import DatasetNotFoundError, default_data_dir
 from datamodules.mnist import MNISTDataModule
 from datamodules.toy import Toy1DDataModule
 
-__all__ = ["DatasetNotFoundError", "MNISTDataModule", "Toy1DDataModule", "default_data_dir"]
+__all__ = ["AlgorithmicTasksDataModule", "DatasetNotFoundError", "MNISTDataModule", "Toy1DDataModule",
+           "default_data_dir"]

@@ -1,0 +1,145 @@
+"""The NTM's numbers in the README: training speed by batch size, convergence on a task, and generalisation.
+
+    python benchmarks/ntm.py speed [--batch_sizes 1 8 32 128]
+        training sequences per second (forward, backward, gradient clipping, Adam step) of the NTM at the paper's
+        copy size (LSTM controller 100, memory 128 x 20, one read and one write head), eager and with its time
+        step compiled, and of the 3 x 256 LSTM baseline; copy lengths drawn from 1-20 as in training; this
+        machine's CPU (or --device cuda). Every batch size compiles anew (shapes are static).
+    python benchmarks/ntm.py converge --config configs/ntm_copy.yaml [--max_epochs N] [-- extra dl4 arguments]
+        runs `dl4 fit` on the config (CSV logs), then `dl4 test` on its last checkpoint; prints the sequences and
+        seconds until the validation cost first fell below the threshold and until it stayed below it, and the
+        test bits per sequence and bit errors at every test length.
+"""
+
+import argparse
+import csv
+import math
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from datamodules.algorithmic import copy_batch  # noqa: E402
+from lightning_models.nn.ntm import NeuralTuringMachine, StackedLSTM  # noqa: E402
+
+
+def speed(args):
+    torch.set_flush_denormal(True)
+    device = torch.device(args.device)
+    def compiled_ntm():
+        net = NeuralTuringMachine(9, 8)
+        net.compile_step()
+        return net
+
+    nets = {"NTM (LSTM 100, 128 x 20, 1R 1W)": lambda: NeuralTuringMachine(9, 8),
+            "NTM, compiled step (`compile: true`)": compiled_ntm,
+            "LSTM baseline (3 x 256)": lambda: StackedLSTM(9, 8, 256, 3)}
+    print(f"| model | batch | sequences/s | ms per batch | ms per time step | first {args.warmup} batches "
+          f"(compilation) |   ({device}, {torch.get_num_threads()} threads)")
+    print("|---|---|---|---|---|---|")
+    for name, make in nets.items():
+        for batch_size in args.batch_sizes:
+            torch.manual_seed(0)
+            net = make().to(device)
+            opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+            g = torch.Generator().manual_seed(0)
+            lengths = torch.randint(1, 21, (args.warmup + args.batches,), generator=g).tolist()
+            batches = [tuple(t.to(device) for t in copy_batch(batch_size, n, 8, g)) for n in lengths]
+            steps, begin = 0, time.perf_counter()
+            for i, (x, y) in enumerate(batches):
+                if i == args.warmup:
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    start, steps = time.perf_counter(), 0
+                    warmup_seconds = start - begin
+                logits = net(x)[-y.shape[0]:]
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="sum") / batch_size
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 10)
+                opt.step()
+                steps += x.shape[0] if i >= args.warmup else 0
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
+            print(f"| {name} | {batch_size} | {args.batches * batch_size / seconds:.0f} | "
+                  f"{seconds / args.batches * 1000:.1f} | {seconds / steps * 1000:.2f} | "
+                  f"{warmup_seconds:.0f} s |", flush=True)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    (path,) = run_dir.rglob("metrics.csv")
+    with open(path) as f:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+
+
+def converge(args, extra):
+    work = Path(tempfile.mkdtemp(prefix="dl4_ntm_"))
+    common = ["--config", str(args.config), "--trainer.logger=CSVLogger", f"--trainer.logger.save_dir={work}",
+              "--trainer.enable_progress_bar=false", *extra]
+    if args.max_epochs:
+        common.append(f"--trainer.max_epochs={args.max_epochs}")
+    start = time.perf_counter()
+    subprocess.run(["dl4", "fit", *common], check=True)
+    wall = time.perf_counter() - start
+    rows = [r for r in read_metrics(work) if "val/bits_per_seq" in r]
+    first = next((r for r in rows if r["val/bits_per_seq"] < args.threshold), None)
+    stable = None
+    for i, r in enumerate(rows):
+        if all(later["val/bits_per_seq"] < args.threshold for later in rows[i:]):
+            stable = r
+            break
+    print(f"\n{args.config}: {len(rows)} validations, `dl4 fit` took {wall:.0f} s in all (start-up included)")
+    for name, r in (("first below", first), ("below from then on", stable)):
+        if r is None:
+            print(f"  {name} {args.threshold} bits per sequence: never")
+        else:
+            print(f"  {name} {args.threshold} bits per sequence: after {r['val/sequences']:.0f} sequences, "
+                  f"{r['val/train_seconds']:.0f} s of training (cost {r['val/bits_per_seq']:.3f})")
+    print(f"  final validation cost: {rows[-1]['val/bits_per_seq']:.3f} bits per sequence")
+    (ckpt,) = work.rglob("last.ckpt")
+    out = subprocess.run(["dl4", "test", *common, "--ckpt_path", str(ckpt)], check=True, capture_output=True,
+                         text=True).stdout
+    results = {}
+    for key, value in re.findall(r"(test/\S+_len\d+)\s*[│|]\s*([-\d.e+]+)", out):
+        results[key] = float(value)
+    lengths = sorted({int(k.rsplit("len", 1)[1]) for k in results})
+    print("\n| length | bits per sequence | bit errors per sequence |")
+    print("|---|---|---|")
+    for n in lengths:
+        print(f"| {n} | {results.get(f'test/bits_per_seq_len{n}', math.nan):.2f} | "
+              f"{results.get(f'test/bit_errors_per_seq_len{n}', math.nan):.2f} |")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("speed")
+    p.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 8, 32, 128])
+    p.add_argument("--batches", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--device", default="cpu")
+    p = sub.add_parser("converge")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--max_epochs", type=int)
+    p.add_argument("--threshold", type=float, default=0.1)
+    args, extra = parser.parse_known_args()
+    if args.command == "speed":
+        if extra:
+            parser.error(f"unknown arguments {extra}")
+        speed(args)
+    else:
+        if not args.config.is_file():
+            parser.error(f"--config {args.config}: no such file")
+        converge(args, [e for e in extra if e != "--"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""The NTM paper's synthetic algorithmic tasks (Graves et al. 2014, section 4), generated on the fly.
+
+Every batch is time-major: ``inputs`` (T, B, input_size) and ``targets`` (T_out, B, output_size), the targets
+being what the model must emit over the last T_out steps (the output phase, when the input is all zeros except
+for markers). One batch holds sequences of one length, so the whole batch steps through time together.
+
+- copy: L random 8-bit vectors, then a delimiter on its own channel; the target is the L vectors again.
+- repeat copy: a start marker, L vectors, then the number of repeats n (normalised, n / max_repeats) on its own
+  channel; the target is the vectors n times, then an end marker on an extra output channel.
+- associative recall: L items of three 6-bit vectors, each item opened by a delimiter on channel 6; then a
+  query item (one of the first L-1) opened by a delimiter on channel 7; the target is the item that followed it.
+"""
+
+from collections.abc import Iterator, Sequence
+from typing import Literal
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+Task = Literal["copy", "repeat_copy", "associative_recall"]
+
+
+def random_bits(shape, generator: torch.Generator) -> torch.Tensor:
+    return torch.randint(0, 2, shape, generator=generator).float()
+
+
+def copy_batch(batch_size: int, length: int, width: int, generator: torch.Generator):
+    """inputs (2L+1, B, width+1): L vectors, the delimiter (channel ``width``), L blank steps; targets (L, B, width)."""
+    seq = random_bits((length, batch_size, width), generator)
+    inputs = torch.zeros(2 * length + 1, batch_size, width + 1)
+    inputs[:length, :, :width] = seq
+    inputs[length, :, width] = 1.0
+    return inputs, seq
+
+
+def repeat_copy_batch(batch_size: int, length: int, repeats: int, width: int, max_repeats: int,
+                      generator: torch.Generator):
+    """inputs (L+2 + nL+1, B, width+2): start marker (channel ``width``), L vectors, n / max_repeats on channel
+    ``width+1``, then blanks; targets (nL+1, B, width+1): the vectors n times, then the end marker."""
+    seq = random_bits((length, batch_size, width), generator)
+    out_steps = repeats * length + 1
+    inputs = torch.zeros(length + 2 + out_steps, batch_size, width + 2)
+    inputs[0, :, width] = 1.0
+    inputs[1:length + 1, :, :width] = seq
+    inputs[length + 1, :, width + 1] = repeats / max_repeats
+    targets = torch.zeros(out_steps, batch_size, width + 1)
+    targets[:-1, :, :width] = seq.repeat(repeats, 1, 1)
+    targets[-1, :, width] = 1.0
+    return inputs, targets
+
+
+def associative_recall_batch(batch_size: int, items: int, width: int, item_length: int, generator: torch.Generator):
+    """inputs ((L+1)(item_length+1) + item_length, B, width+2); targets (item_length, B, width)."""
+    if items < 2:
+        raise ValueError(f"associative recall needs at least 2 items, got {items}")
+    content = random_bits((items, item_length, batch_size, width), generator)
+    step = item_length + 1
+    inputs = torch.zeros((items + 1) * step + item_length, batch_size, width + 2)
+    for i in range(items):
+        inputs[i * step, :, width] = 1.0
+        inputs[i * step + 1:(i + 1) * step, :, :width] = content[i]
+    query = torch.randint(0, items - 1, (batch_size,), generator=generator)
+    batch = torch.arange(batch_size)
+    inputs[items * step, :, width + 1] = 1.0
+    inputs[items * step + 1:(items + 1) * step, :, :width] = content[query, :, batch].transpose(0, 1)
+    targets = content[query + 1, :, batch].transpose(0, 1)
+    return inputs, targets
+
+
+class AlgorithmicTasks(IterableDataset):
+    """An endless stream of training batches, lengths drawn uniformly from [min_length, max_length]."""
+
+    def __init__(self, make_batch, min_length: int, max_length: int, seed: int):
+        self.make_batch, self.min_length, self.max_length, self.seed = make_batch, min_length, max_length, seed
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        generator = torch.Generator().manual_seed(self.seed)
+        while True:
+            length = int(torch.randint(self.min_length, self.max_length + 1, (), generator=generator))
+            yield self.make_batch(length, generator)
+
+
+class AlgorithmicTasksDataModule(L.LightningDataModule):
+    """Copy, repeat copy or associative recall, generated on the fly with fixed, seeded validation and test sets.
+
+    Args:
+        task: which task.
+        batch_size: sequences per batch (all of one length).
+        min_length, max_length: training lengths: the copy length, the repeat-copy length, or the number of
+            recall items.
+        min_repeats, max_repeats: repeat copy's number of repeats (training and validation).
+        width: bits per vector (8 for copy and repeat copy, 6 for recall in the paper).
+        item_length: vectors per recall item (3).
+        batches_per_epoch: training batches between validations.
+        val_per_length: validation sequences at every training length (one batch per length).
+        test_lengths: the lengths of ``dl4 test``, beyond the training range to measure generalisation.
+        test_per_length: test sequences per length.
+        seed: seeds the training stream (offset by the process rank) and the fixed validation and test sets.
+    """
+
+    def __init__(self, task: Task = "copy", batch_size: int = 32, min_length: int = 1, max_length: int = 20,
+                 min_repeats: int = 1, max_repeats: int = 10, width: int = 8, item_length: int = 3,
+                 batches_per_epoch: int = 100, val_per_length: int = 32,
+                 test_lengths: Sequence[int] = (10, 20, 30, 50, 80, 120), test_per_length: int = 64, seed: int = 0):
+        super().__init__()
+        if task not in ("copy", "repeat_copy", "associative_recall"):
+            raise ValueError(f"data.task: unknown task {task!r}; choose copy, repeat_copy or associative_recall")
+        if not 1 <= min_length <= max_length:
+            raise ValueError(f"data.min_length and data.max_length must satisfy 1 <= min <= max, got "
+                             f"{min_length} and {max_length}")
+        if task == "associative_recall" and min_length < 2:
+            raise ValueError("data.min_length: associative recall needs at least 2 items")
+        if not 1 <= min_repeats <= max_repeats:
+            raise ValueError(f"data.min_repeats and data.max_repeats must satisfy 1 <= min <= max, got "
+                             f"{min_repeats} and {max_repeats}")
+        self.save_hyperparameters()
+        self.task = task
+
+    @property
+    def input_size(self) -> int:
+        return self.hparams.width + (1 if self.task == "copy" else 2)
+
+    @property
+    def output_size(self) -> int:
+        return self.hparams.width + (1 if self.task == "repeat_copy" else 0)
+
+    def make_batch(self, length: int, generator: torch.Generator, batch_size: int | None = None):
+        """One batch of ``batch_size`` sequences of the given length (number of items for recall)."""
+        hp, batch_size = self.hparams, batch_size or self.hparams.batch_size
+        if self.task == "copy":
+            return copy_batch(batch_size, length, hp.width, generator)
+        if self.task == "repeat_copy":
+            repeats = int(torch.randint(hp.min_repeats, hp.max_repeats + 1, (), generator=generator))
+            return repeat_copy_batch(batch_size, length, repeats, hp.width, hp.max_repeats, generator)
+        return associative_recall_batch(batch_size, length, hp.width, hp.item_length, generator)
+
+    def _fixed_set(self, lengths: Sequence[int], per_length: int, seed: int) -> list:
+        generator = torch.Generator().manual_seed(seed)
+        return [self.make_batch(length, generator, per_length) for length in lengths]
+
+    def setup(self, stage: str | None = None) -> None:
+        hp = self.hparams
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        self.train_set = AlgorithmicTasks(self.make_batch, hp.min_length, hp.max_length, hp.seed + 1000 * rank)
+        self.val_batches = self._fixed_set(range(hp.min_length, hp.max_length + 1), hp.val_per_length, hp.seed + 1)
+        self.test_batches = self._fixed_set(hp.test_lengths, hp.test_per_length, hp.seed + 2)
+
+    def train_dataloader(self):
+        stream = self.train_set
+        limited = _Take(stream, self.hparams.batches_per_epoch)
+        return DataLoader(limited, batch_size=None)
+
+    def val_dataloader(self):
+        return DataLoader(self.val_batches, batch_size=None)
+
+    def test_dataloader(self):
+        return DataLoader(self.test_batches, batch_size=None)
+
+
+class _Take(IterableDataset):
+    """The next ``n`` batches of an endless stream: one training epoch (the stream continues across epochs)."""
+
+    def __init__(self, stream: AlgorithmicTasks, n: int):
+        self.iterator, self.n, self.stream = None, n, stream
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        if self.iterator is None:
+            self.iterator = iter(self.stream)
+        for _ in range(self.n):
+            yield next(self.iterator)

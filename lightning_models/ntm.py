@@ -1,0 +1,155 @@
+"""Neural Turing Machine (Graves et al. 2014) and its LSTM baseline on the algorithmic tasks.
+
+Both models read a batch of sequences (T, B, input_size) and emit one logit per output bit and step; the cost is
+the binary cross-entropy summed over the output phase, in bits per sequence as the paper reports it, and the bit
+errors are the output bits wrong after thresholding at 0.5. The nets are in ``lightning_models.nn.ntm``.
+"""
+
+import math
+import time
+from typing import Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from lightning_models.nn.ntm import MemoryInit, NeuralTuringMachine, StackedLSTM
+from lightning_models.train_logging import log_train_metrics
+
+LN2 = math.log(2)
+
+
+def sequence_cost(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The output phase's binary cross-entropy (in nats) and wrong bits, each summed per sequence: (B,), (B,).
+    ``logits`` span the whole sequence; the targets are its last T_out steps."""
+    logits = logits[-targets.shape[0]:]
+    nats = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum((0, 2))
+    errors = ((logits > 0).float() != targets).float().sum((0, 2))
+    return nats, errors
+
+
+class SequenceLearner(L.LightningModule):
+    """The training logic shared by the NTM and the LSTM: the cost, the metrics, convergence and the optimiser.
+
+    Args:
+        input_size, output_size: the task's channels (the datamodule's ``input_size``/``output_size``).
+        optimizer: ``rmsprop`` (the paper's, with ``momentum``) or ``adam``.
+        lr: learning rate; ``lr_decay`` multiplies it after every epoch (``batches_per_epoch`` batches).
+        converged_bits: the validation cost (bits per sequence) below which the model counts as converged; the
+            number of training sequences seen until then is logged as ``val/sequences_to_converge``.
+    """
+
+    def __init__(self, input_size: int = 9, output_size: int = 8, optimizer: Literal["rmsprop", "adam"] = "adam",
+                 lr: float = 1e-3, momentum: float = 0.9, lr_decay: float = 1.0, converged_bits: float = 0.1):
+        super().__init__()
+        self.register_buffer("sequences_seen", torch.zeros((), dtype=torch.long))
+        self.converged_at: int | None = None
+
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        for key in ("input_size", "output_size"):
+            expected = getattr(dm, key, None)
+            if expected is not None and expected != self.hparams[key]:
+                raise ValueError(f"model.{key} is {self.hparams[key]} but the data ({dm.task}) has {expected}: "
+                                 f"set model.init_args.{key}: {expected}")
+
+    def on_fit_start(self) -> None:
+        self._fit_start = time.perf_counter()
+
+    def training_step(self, batch, batch_idx):
+        inputs, targets = batch
+        nats, errors = sequence_cost(self(inputs), targets)
+        loss = nats.mean()
+        self.sequences_seen += len(nats) * self.trainer.world_size
+        log_train_metrics(self, {"train/bits_per_seq": loss.detach() / LN2, "train/bit_errors": errors.mean(),
+                                 "train/sequences": self.sequences_seen.float()})
+        return loss
+
+    def _evaluate(self, batch, stage: str, per_length: bool):
+        inputs, targets = batch
+        nats, errors = sequence_cost(self(inputs), targets)
+        n = len(nats)
+        metrics = {f"{stage}/bits_per_seq": nats.mean() / LN2, f"{stage}/bit_errors_per_seq": errors.mean()}
+        if per_length:
+            length = self.trainer.datamodule.hparams.test_lengths[self._batch_index]
+            metrics.update({f"{stage}/bits_per_seq_len{length}": nats.mean() / LN2,
+                            f"{stage}/bit_errors_per_seq_len{length}": errors.mean()})
+        self.log_dict(metrics, batch_size=n, sync_dist=True, add_dataloader_idx=False)
+
+    def validation_step(self, batch, batch_idx):
+        self._evaluate(batch, "val", per_length=False)
+
+    def on_validation_epoch_end(self):
+        if self.trainer.sanity_checking or self.trainer.state.fn != "fit":
+            return
+        cost = self.trainer.callback_metrics.get("val/bits_per_seq")
+        seen = int(self.sequences_seen)
+        self.log("val/sequences", float(seen))
+        self.log("val/train_seconds", time.perf_counter() - self._fit_start)  # wall time since fit began
+        if self.converged_at is None and cost is not None and cost < self.hparams.converged_bits:
+            self.converged_at = seen
+        if self.converged_at is not None:
+            self.log("val/sequences_to_converge", float(self.converged_at))
+
+    def test_step(self, batch, batch_idx):
+        self._batch_index = batch_idx
+        self._evaluate(batch, "test", per_length=True)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        if hp.optimizer == "rmsprop":
+            opt = torch.optim.RMSprop(self.parameters(), lr=hp.lr, momentum=hp.momentum, alpha=0.95)
+        else:
+            opt = torch.optim.Adam(self.parameters(), lr=hp.lr)
+        if hp.lr_decay == 1.0:
+            return opt
+        return [opt], [torch.optim.lr_scheduler.ExponentialLR(opt, hp.lr_decay)]
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["converged_at"] = self.converged_at
+
+    def on_load_checkpoint(self, checkpoint):
+        self.converged_at = checkpoint.get("converged_at")
+
+
+class NTM(SequenceLearner):
+    """A Neural Turing Machine (see ``NeuralTuringMachine`` for the arguments); the paper's copy setting is the
+    default: an LSTM controller of 100 units, a 128 x 20 memory, one read and one write head, shifts -1..1.
+    ``compile``: train with the time step compiled (``NeuralTuringMachine.compile_step``)."""
+
+    def __init__(self, input_size: int = 9, output_size: int = 8, controller: Literal["lstm", "feedforward"] = "lstm",
+                 controller_size: int = 100, memory_rows: int = 128, memory_width: int = 20, read_heads: int = 1,
+                 write_heads: int = 1, shift_range: int = 1, memory_init: MemoryInit = "constant",
+                 clip: float = 20.0, optimizer: Literal["rmsprop", "adam"] = "adam", lr: float = 1e-3,
+                 momentum: float = 0.9, lr_decay: float = 1.0, converged_bits: float = 0.1, compile: bool = False):
+        super().__init__(input_size, output_size, optimizer, lr, momentum, lr_decay, converged_bits)
+        self.save_hyperparameters()
+        self.ntm = NeuralTuringMachine(input_size, output_size, controller, controller_size, memory_rows,
+                                       memory_width, read_heads, write_heads, shift_range, memory_init, clip)
+        if compile:
+            self.ntm.compile_step()
+
+    def training_step(self, batch, batch_idx):
+        try:
+            return super().training_step(batch, batch_idx)
+        except torch._dynamo.exc.BackendCompilerFailed as err:
+            raise RuntimeError(f"torch.compile could not build the NTM's step on this machine ({type(err).__name__}"
+                               f": {str(err).splitlines()[0][:300]}). Install a C++ compiler (g++), or train "
+                               f"eagerly with model.init_args.compile: false") from None
+
+    def forward(self, inputs: torch.Tensor, record: bool = False):
+        return self.ntm(inputs, record)
+
+
+class LSTMBaseline(SequenceLearner):
+    """The paper's LSTM baseline: ``num_layers`` stacked LSTM layers of ``hidden_size`` units (3 x 256 for copy)."""
+
+    def __init__(self, input_size: int = 9, output_size: int = 8, hidden_size: int = 256, num_layers: int = 3,
+                 optimizer: Literal["rmsprop", "adam"] = "adam", lr: float = 1e-3, momentum: float = 0.9,
+                 lr_decay: float = 1.0, converged_bits: float = 0.1):
+        super().__init__(input_size, output_size, optimizer, lr, momentum, lr_decay, converged_bits)
+        self.save_hyperparameters()
+        self.lstm = StackedLSTM(input_size, output_size, hidden_size, num_layers)
+
+    def forward(self, inputs: torch.Tensor):
+        return self.lstm(inputs)

@@ -1,0 +1,77 @@
+"""The NTM paper's task generators: shapes, where the markers are, and that every target follows its task's rule."""
+
+import pytest
+import torch
+
+from datamodules import AlgorithmicTasksDataModule
+from datamodules.algorithmic import associative_recall_batch, copy_batch, repeat_copy_batch
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_copy_sequence_delimiter_then_blank_output_phase():
+    inputs, targets = copy_batch(4, 6, 8, gen())
+    assert inputs.shape == (13, 4, 9) and targets.shape == (6, 4, 8)
+    assert set(inputs.unique().tolist()) <= {0.0, 1.0}
+    torch.testing.assert_close(targets, inputs[:6, :, :8])  # the target is the input sequence
+    assert (inputs[:6, :, 8] == 0).all() and (inputs[6, :, 8] == 1).all() and (inputs[6, :, :8] == 0).all()
+    assert (inputs[7:] == 0).all()  # no input during the output phase
+
+
+def test_repeat_copy_repeats_and_ends_with_a_marker():
+    inputs, targets = repeat_copy_batch(3, 4, 5, 8, 10, gen())
+    assert inputs.shape == (4 + 2 + 21, 3, 10) and targets.shape == (21, 3, 9)
+    assert (inputs[0, :, 8] == 1).all() and (inputs[0, :, :8] == 0).all()  # start marker
+    seq = inputs[1:5, :, :8]
+    assert torch.allclose(inputs[5, :, 9], torch.tensor(0.5))  # 5 repeats of at most 10, normalised
+    for r in range(5):
+        torch.testing.assert_close(targets[4 * r:4 * (r + 1), :, :8], seq)
+    assert (targets[:-1, :, 8] == 0).all() and (targets[-1, :, 8] == 1).all() and (targets[-1, :, :8] == 0).all()
+    assert (inputs[6:] == 0).all()
+
+
+def test_associative_recall_target_is_the_item_after_the_query():
+    items, length, width = 5, 3, 6
+    inputs, targets = associative_recall_batch(16, items, width, length, gen())
+    step = length + 1
+    assert inputs.shape == ((items + 1) * step + length, 16, width + 2) and targets.shape == (length, 16, width)
+    for b in range(16):
+        stored = [inputs[i * step + 1:(i + 1) * step, b, :width] for i in range(items)]
+        assert all(inputs[i * step, b, width] == 1 for i in range(items))  # item delimiters
+        assert inputs[items * step, b, width + 1] == 1  # the query's delimiter
+        query = inputs[items * step + 1:(items + 1) * step, b, :width]
+        (position,) = [i for i, item in enumerate(stored[:-1]) if torch.equal(item, query)][:1]
+        torch.testing.assert_close(targets[:, b], stored[position + 1])
+    assert (inputs[(items + 1) * step:] == 0).all()
+
+
+def test_datamodule_sets_sizes_and_seeded_fixed_sets():
+    dm = AlgorithmicTasksDataModule(task="copy", batch_size=8, min_length=2, max_length=5, val_per_length=4,
+                                    test_lengths=[10, 30], test_per_length=3)
+    dm.setup()
+    assert (dm.input_size, dm.output_size) == (9, 8)
+    assert [x.shape[0] for x, _ in dm.val_batches] == [2 * n + 1 for n in range(2, 6)]
+    assert [y.shape for _, y in dm.test_batches] == [(10, 3, 8), (30, 3, 8)]
+    again = AlgorithmicTasksDataModule(task="copy", batch_size=8, min_length=2, max_length=5, val_per_length=4,
+                                       test_lengths=[10, 30], test_per_length=3)
+    again.setup()
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(dm.val_batches, again.val_batches))
+    lengths = {y.shape[0] for _, y in (batch for batch, _ in zip(dm.train_dataloader(), range(40)))}
+    assert lengths <= set(range(2, 6)) and len(lengths) > 1
+    assert len(list(dm.train_dataloader())) == dm.hparams.batches_per_epoch
+    assert (AlgorithmicTasksDataModule(task="repeat_copy").input_size,
+            AlgorithmicTasksDataModule(task="repeat_copy").output_size) == (10, 9)
+    assert AlgorithmicTasksDataModule(task="associative_recall", width=6, min_length=2).input_size == 8
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"task": "sort"}, "data.task"),
+    ({"min_length": 5, "max_length": 3}, "min_length"),
+    ({"task": "associative_recall", "min_length": 1}, "at least 2 items"),
+    ({"min_repeats": 0}, "min_repeats"),
+])
+def test_bad_settings_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        AlgorithmicTasksDataModule(**kwargs)
