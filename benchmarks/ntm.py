@@ -6,7 +6,7 @@
         step compiled, and of the 3 x 256 LSTM baseline; copy lengths drawn from 1-20 as in training; this
         machine's CPU (or --device cuda). Every batch size compiles anew (shapes are static).
     python benchmarks/ntm.py converge --config configs/ntm_copy.yaml [--max_epochs N] [-- extra dl4 arguments]
-        runs `dl4 fit` on the config (CSV logs), then `dl4 test` on its last checkpoint; prints the sequences and
+        runs `dl4 fit` on the config (CSV logs), then `dl4 test` on its best checkpoint; prints the sequences and
         seconds until the validation cost first fell below the threshold and until it stayed below it, and the
         test bits per sequence and bit errors at every test length.
 """
@@ -104,11 +104,14 @@ def converge(args, extra):
             print(f"  {name} {args.threshold} bits per sequence: after {r['val/sequences']:.0f} sequences, "
                   f"{r['val/train_seconds']:.0f} s of training (cost {r['val/bits_per_seq']:.3f})")
     print(f"  final validation cost: {rows[-1]['val/bits_per_seq']:.3f} bits per sequence")
-    (ckpt,) = work.rglob("last.ckpt")
+    # the checkpoint with the lowest validation cost (ModelCheckpoint in the configs), else the last one
+    best = [p for p in work.rglob("*.ckpt") if p.name != "last.ckpt"]
+    ckpt = best[0] if best else next(work.rglob("last.ckpt"))
+    print(f"  testing {ckpt.name}")
     out = subprocess.run(["dl4", "test", *common, "--ckpt_path", str(ckpt)], check=True, capture_output=True,
                          text=True).stdout
     results = {}
-    for key, value in re.findall(r"(test/\S+_len\d+)\s*[│|]\s*([-\d.e+]+)", out):
+    for key, value in re.findall(r"(test/\S+_len\d+)[\s│|]+([-\d.e+]+)", out):
         results[key] = float(value)
     lengths = sorted({int(k.rsplit("len", 1)[1]) for k in results})
     print("\n| length | bits per sequence | bit errors per sequence |")

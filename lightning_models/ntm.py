@@ -34,13 +34,15 @@ class SequenceLearner(L.LightningModule):
     Args:
         input_size, output_size: the task's channels (the datamodule's ``input_size``/``output_size``).
         optimizer: ``rmsprop`` (the paper's, with ``momentum``) or ``adam``.
-        lr: learning rate; ``lr_decay`` multiplies it after every epoch (``batches_per_epoch`` batches).
+        lr: learning rate; ``lr_decay`` multiplies it after every epoch (``batches_per_epoch`` batches) from
+            epoch ``lr_decay_start`` on (the rate stays constant before, while the task is being learned).
         converged_bits: the validation cost (bits per sequence) below which the model counts as converged; the
             number of training sequences seen until then is logged as ``val/sequences_to_converge``.
     """
 
     def __init__(self, input_size: int = 9, output_size: int = 8, optimizer: Literal["rmsprop", "adam"] = "adam",
-                 lr: float = 1e-3, momentum: float = 0.9, lr_decay: float = 1.0, converged_bits: float = 0.1):
+                 lr: float = 1e-3, momentum: float = 0.9, lr_decay: float = 1.0, lr_decay_start: int = 0,
+                 converged_bits: float = 0.1):
         super().__init__()
         self.register_buffer("sequences_seen", torch.zeros((), dtype=torch.long))
         self.converged_at: int | None = None
@@ -103,7 +105,8 @@ class SequenceLearner(L.LightningModule):
             opt = torch.optim.Adam(self.parameters(), lr=hp.lr)
         if hp.lr_decay == 1.0:
             return opt
-        return [opt], [torch.optim.lr_scheduler.ExponentialLR(opt, hp.lr_decay)]
+        start, decay = hp.lr_decay_start, hp.lr_decay
+        return [opt], [torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: decay ** max(0, epoch - start))]
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["converged_at"] = self.converged_at
@@ -121,8 +124,9 @@ class NTM(SequenceLearner):
                  controller_size: int = 100, memory_rows: int = 128, memory_width: int = 20, read_heads: int = 1,
                  write_heads: int = 1, shift_range: int = 1, memory_init: MemoryInit = "constant",
                  clip: float = 20.0, optimizer: Literal["rmsprop", "adam"] = "adam", lr: float = 1e-3,
-                 momentum: float = 0.9, lr_decay: float = 1.0, converged_bits: float = 0.1, compile: bool = False):
-        super().__init__(input_size, output_size, optimizer, lr, momentum, lr_decay, converged_bits)
+                 momentum: float = 0.9, lr_decay: float = 1.0, lr_decay_start: int = 0, converged_bits: float = 0.1,
+                 compile: bool = False):
+        super().__init__(input_size, output_size, optimizer, lr, momentum, lr_decay, lr_decay_start, converged_bits)
         self.save_hyperparameters()
         self.ntm = NeuralTuringMachine(input_size, output_size, controller, controller_size, memory_rows,
                                        memory_width, read_heads, write_heads, shift_range, memory_init, clip)
@@ -146,8 +150,8 @@ class LSTMBaseline(SequenceLearner):
 
     def __init__(self, input_size: int = 9, output_size: int = 8, hidden_size: int = 256, num_layers: int = 3,
                  optimizer: Literal["rmsprop", "adam"] = "adam", lr: float = 1e-3, momentum: float = 0.9,
-                 lr_decay: float = 1.0, converged_bits: float = 0.1):
-        super().__init__(input_size, output_size, optimizer, lr, momentum, lr_decay, converged_bits)
+                 lr_decay: float = 1.0, lr_decay_start: int = 0, converged_bits: float = 0.1):
+        super().__init__(input_size, output_size, optimizer, lr, momentum, lr_decay, lr_decay_start, converged_bits)
         self.save_hyperparameters()
         self.lstm = StackedLSTM(input_size, output_size, hidden_size, num_layers)
 
