@@ -67,19 +67,18 @@ class SequenceLearner(L.LightningModule):
                                  "train/sequences": self.sequences_seen.float()})
         return loss
 
-    def _evaluate(self, batch, stage: str, per_length: bool):
+    def _evaluate(self, batch, stage: str, length: int | None = None):
         inputs, targets = batch
         nats, errors = sequence_cost(self(inputs), targets)
         n = len(nats)
         metrics = {f"{stage}/bits_per_seq": nats.mean() / LN2, f"{stage}/bit_errors_per_seq": errors.mean()}
-        if per_length:
-            length = self.trainer.datamodule.hparams.test_lengths[self._batch_index]
+        if length is not None:  # the test set holds one batch per test length
             metrics.update({f"{stage}/bits_per_seq_len{length}": nats.mean() / LN2,
                             f"{stage}/bit_errors_per_seq_len{length}": errors.mean()})
         self.log_dict(metrics, batch_size=n, sync_dist=True, add_dataloader_idx=False)
 
     def validation_step(self, batch, batch_idx):
-        self._evaluate(batch, "val", per_length=False)
+        self._evaluate(batch, "val")
 
     def on_validation_epoch_end(self):
         if self.trainer.sanity_checking or self.trainer.state.fn != "fit":
@@ -94,8 +93,7 @@ class SequenceLearner(L.LightningModule):
             self.log("val/sequences_to_converge", float(self.converged_at))
 
     def test_step(self, batch, batch_idx):
-        self._batch_index = batch_idx
-        self._evaluate(batch, "test", per_length=True)
+        self._evaluate(batch, "test", length=self.trainer.datamodule.hparams.test_lengths[batch_idx])
 
     def configure_optimizers(self):
         hp = self.hparams

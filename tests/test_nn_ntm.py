@@ -104,7 +104,8 @@ def test_the_machine_steps_a_batch_through_time(controller, memory_init):
     assert trace["reads"].shape == (3, 7, 2, 5) and trace["adds"].shape == (3, 7, 2, 5)
     assert trace["memory"].shape == (3, 7, 16, 5)
     torch.testing.assert_close(trace["read_weights"].sum(-1), torch.ones(3, 7, 2))
-    torch.testing.assert_close(ntm(x), logits) if memory_init != "random" else None
+    if memory_init != "random":  # a fresh random memory per call changes the outputs
+        torch.testing.assert_close(ntm(x), logits)
     logits.sum().backward()
     assert all(p.grad is not None for p in ntm.parameters())
 

@@ -107,7 +107,7 @@ class NeuralTuringMachine(nn.Module):
         super().__init__()
         if read_heads < 1 or write_heads < 1:
             raise ValueError(f"an NTM needs at least one read and one write head, got {read_heads} and {write_heads}")
-        self.N, self.W, self.R, self.V, self.K = memory_rows, memory_width, read_heads, write_heads, shift_range
+        self.N, self.W, self.R, self.V = memory_rows, memory_width, read_heads, write_heads
         self.memory_init, self.clip = memory_init, clip
         controller_in = input_size + read_heads * memory_width
         if controller == "lstm":
