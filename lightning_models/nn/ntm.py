@@ -52,8 +52,8 @@ def circular_shift(w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
 
 def sharpen(w: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     """Eq. 9: w(i) = w~(i)^gamma / sum_j w~(j)^gamma, gamma >= 1 (B, H)."""
-    w = w.clamp_min(1e-30).pow(gamma.unsqueeze(-1))
-    return w / w.sum(-1, keepdim=True)
+    # as softmax(gamma log w~): the same ratio, but w~^gamma cannot underflow to 0 / 0 (1/128 ^ 21 is 5e-45)
+    return torch.softmax(gamma.unsqueeze(-1) * w.clamp_min(1e-30).log(), dim=-1)
 
 
 def address(memory, w_prev, k, beta, g, s, gamma) -> torch.Tensor:
