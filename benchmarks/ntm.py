@@ -105,7 +105,7 @@ def converge(args, extra):
                   f"{r['val/train_seconds']:.0f} s of training (cost {r['val/bits_per_seq']:.3f})")
     print(f"  final validation cost: {rows[-1]['val/bits_per_seq']:.3f} bits per sequence")
     # the checkpoint with the lowest validation cost (ModelCheckpoint in the configs), else the last one
-    best = [p for p in work.rglob("*.ckpt") if p.name != "last.ckpt"]
+    best = list(work.rglob("best-*.ckpt"))
     ckpt = best[0] if best else next(work.rglob("last.ckpt"))
     print(f"  testing {ckpt.name}")
     out = subprocess.run(["dl4", "test", *common, "--ckpt_path", str(ckpt)], check=True, capture_output=True,
