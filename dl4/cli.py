@@ -37,6 +37,8 @@ class SaveConfigToRun(SaveConfigCallback):
     """
 
     def setup(self, trainer, pl_module, stage):
+        if not trainer.loggers:  # logger: false (benchmarks): no run to keep it with, and no stray ./config.yaml
+            return
         if isinstance(trainer.logger, WandbLogger):
             self.save_to_log_dir = False
         super().setup(trainer, pl_module, stage)
@@ -50,12 +52,13 @@ class SaveConfigToRun(SaveConfigCallback):
 
 
 class DL4CLI(LightningCLI):
-    def __init__(self, args=None):
+    def __init__(self, args=None, run: bool = True):
+        """``run=False`` only parses and builds (no subcommand): benchmarks then call ``trainer.fit``/``test``."""
         super().__init__(
             subclass_mode_model=True, subclass_mode_data=True,
             save_config_callback=SaveConfigToRun, save_config_kwargs={"overwrite": True},
             trainer_defaults=TRAINER_DEFAULTS, parser_kwargs={"parser_mode": "omegaconf"},
-            args=args,
+            args=args, run=run,
         )
 
     def add_arguments_to_parser(self, parser):
