@@ -48,7 +48,7 @@ def test_every_experiment_has_a_config():
     assert set(MNIST_CONFIGS) >= {"ae_mnist.yaml", "dae_mnist.yaml", "sparse_ae_mnist.yaml", "ksparse_ae_mnist.yaml",
                                   "cae_mnist.yaml", "vae_mnist.yaml", "gan_mnist.yaml", "dcgan_mnist.yaml"}
     assert {"gan_1d.yaml", "ntm_copy.yaml", "ntm_repeat_copy.yaml", "ntm_associative_recall.yaml",
-            "lstm_copy.yaml"} <= set(ALL_CONFIGS)
+            "lstm_copy.yaml", "memn2n_babi.yaml", "memn2n_babi_joint.yaml"} <= set(ALL_CONFIGS)
 
 
 @pytest.mark.parametrize("config", ALL_CONFIGS)

@@ -65,4 +65,4 @@ def test_sweep_parameters_are_accepted_by_the_cli(sweep, tmp_path):
             node = node[part]
         expected = values["values"][-1] if "values" in values else values["min"]
         assert node == expected, key
-    assert spec["metric"]["name"] in ("val/neg_elbo", "val/recon", "val/parzen_ll", "val/bits_per_seq")
+    assert spec["metric"]["name"] in ("val/neg_elbo", "val/recon", "val/parzen_ll", "val/bits_per_seq", "val/error")

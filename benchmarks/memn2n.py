@@ -1,0 +1,177 @@
+"""The MemN2N numbers in the README: speed per epoch, and the paper's bAbI protocol (best of N seeds).
+
+    python benchmarks/memn2n.py speed [--task 1] [--epochs 30]
+        seconds per training epoch (and per epoch with its validation) of configs/memn2n_babi.yaml on one task.
+    python benchmarks/memn2n.py protocol --out results/ [--seeds 10] [--tasks 1 2 ...] [--jobs 2] [--joint]
+        every seed is a separate process (`run` below), `--jobs` at a time; then `report`. Single-task: one model
+        per task and seed (configs/memn2n_babi.yaml); --joint: one model per seed on all tasks
+        (configs/memn2n_babi_joint.yaml). Extra arguments go to the CLI (e.g. --data.init_args.variant=en-10k).
+    python benchmarks/memn2n.py run --seed S --out results/ [--tasks ...] [--joint] [-- CLI arguments]
+        one seed: trains each task (or the joint model) and tests the final model; writes results/seed<S>.json.
+        Seeds can run on different machines; copy the JSON files into one folder for `report`.
+    python benchmarks/memn2n.py report --out results/
+        the per-task test error (%) of the seed with the lowest validation error (the paper keeps the best of 10
+        runs; it picks by training error), and the mean over seeds, next to the paper's Table 1 (PE LS RN).
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# Sukhbaatar et al. 2015, Table 1, test error (%) on bAbI 1k, PE LS RN with 3 hops: single-task and joint
+PAPER = {"single": [0.0, 11.4, 21.9, 13.4, 14.4, 2.8, 18.3, 9.3, 1.9, 6.5, 0.3, 0.1, 0.2, 6.9, 0.0, 2.7, 40.4,
+                    9.4, 88.0, 0.0],
+         "joint": [0.1, 18.8, 31.7, 17.5, 12.9, 2.0, 10.1, 6.1, 1.5, 2.6, 3.3, 0.0, 0.5, 2.0, 1.8, 51.0, 42.6,
+                   9.2, 90.6, 0.2]}
+PAPER_MEAN = {"single": 13.9, "joint": 12.4}
+
+
+def cli(args: list[str]):
+    from dl4.cli import DL4CLI, configure_runtime
+
+    configure_runtime()
+    sys.argv = sys.argv[:1]  # the arguments are ``args``, not this script's command line
+    return DL4CLI(args=args, run=False)
+
+
+def quiet() -> list[str]:
+    return ["--trainer.logger=false", "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false", "--trainer.callbacks=[]"]
+
+
+def speed(args, extra):
+    import lightning as L
+
+    class EpochTimes(L.Callback):
+        def __init__(self):
+            self.train, self.full, self.start = [], [], None
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            now = time.perf_counter()
+            if self.start is not None:
+                self.full.append(now - self.start)
+            self.start = now
+
+        def on_validation_start(self, trainer, pl_module):  # the epoch's training batches are done
+            if trainer.training:
+                self.train.append(time.perf_counter() - self.start)
+
+    c = cli(["--config", str(ROOT / "configs" / "memn2n_babi.yaml"), *quiet(),
+             f"--data.init_args.tasks={args.task}", f"--trainer.max_epochs={args.epochs}", *extra])
+    timer = EpochTimes()
+    c.trainer.callbacks.append(timer)
+    c.trainer.fit(c.model, c.datamodule)
+    (result,) = c.trainer.test(c.model, c.datamodule, verbose=False)
+    import torch
+
+    skip = 3  # the first epochs warm up
+    train = sorted(timer.train[skip:])[len(timer.train[skip:]) // 2]
+    full = sorted(timer.full[skip:])[len(timer.full[skip:]) // 2]
+    steps = c.trainer.num_training_batches
+    print(f"task {args.task} (1k), {args.epochs} epochs of {steps} batches, {torch.get_num_threads()} threads: "
+          f"median {train:.3f} s per training epoch ({train / steps * 1000:.2f} ms per batch), {full:.3f} s with "
+          f"validation; test error {result[f'test/error_task{args.task}']:.1f}%")
+
+
+def run(args, extra):
+    config = ROOT / "configs" / ("memn2n_babi_joint.yaml" if args.joint else "memn2n_babi.yaml")
+    groups = [args.tasks] if args.joint else [[t] for t in args.tasks]
+    results = []
+    for tasks in groups:
+        start = time.perf_counter()
+        c = cli(["--config", str(config), *quiet(), f"--seed_everything={args.seed}",
+                 f"--data.init_args.tasks={json.dumps(tasks)}", f"--data.init_args.seed={args.seed}", *extra])
+        c.trainer.fit(c.model, c.datamodule)
+        fit = c.trainer.callback_metrics
+        val, train = float(fit["val/error"]), float(fit["train/error"])
+        (test,) = c.trainer.test(c.model, c.datamodule, verbose=False)
+        errors = {str(t): test[f"test/error_task{t}"] for t in tasks}
+        results.append({"tasks": tasks, "seed": args.seed, "val_error": val, "train_error": train,
+                        "test_errors": errors, "seconds": time.perf_counter() - start})
+        print(f"seed {args.seed} tasks {tasks}: val {val:.1f}% test {sum(errors.values()) / len(errors):.1f}% "
+              f"({time.perf_counter() - start:.0f} s)", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"seed{args.seed}.json").write_text(json.dumps(results, indent=1))
+
+
+def protocol(args, extra):
+    start, pending, running = time.perf_counter(), list(range(args.seeds)), []
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            seed = pending.pop(0)
+            command = [sys.executable, __file__, "run", "--seed", str(seed), "--out", str(args.out), "--tasks",
+                       *map(str, args.tasks), *(["--joint"] if args.joint else []), *extra]
+            running.append(subprocess.Popen(command))
+        time.sleep(1)
+        for p in [p for p in running if p.poll() is not None]:
+            running.remove(p)
+            if p.returncode:
+                sys.exit(f"a run failed: {' '.join(p.args)}")
+    print(f"\n{args.seeds} seeds, {args.jobs} at a time: {time.perf_counter() - start:.0f} s wall")
+    report(args)
+
+
+def report(args):
+    runs = [r for path in sorted(args.out.glob("seed*.json")) for r in json.loads(path.read_text())]
+    joint = any(len(r["tasks"]) > 1 for r in runs)
+    paper = PAPER["joint" if joint else "single"]
+    by_task: dict[int, list[dict]] = {}
+    for r in runs:  # a joint model is selected as a whole; single-task models per task
+        for t in r["tasks"]:
+            by_task.setdefault(t, []).append(r)
+    seeds = sorted({r["seed"] for r in runs})
+    print(f"| task | paper (PE LS RN{', joint' if joint else ''}) | dl4, best of {len(seeds)} by validation "
+          f"| dl4, mean of {len(seeds)} |")
+    print("|---|---|---|---|")
+    best_errors, mean_errors = [], []
+    chosen_joint = min(runs, key=lambda r: r["val_error"]) if joint else None
+    for t in sorted(by_task):
+        best = chosen_joint or min(by_task[t], key=lambda r: r["val_error"])
+        b = best["test_errors"][str(t)]
+        m = sum(r["test_errors"][str(t)] for r in by_task[t]) / len(by_task[t])
+        best_errors.append(b)
+        mean_errors.append(m)
+        print(f"| {t} | {paper[t - 1]:.1f} | {b:.1f} | {m:.1f} |")
+    tasks = sorted(by_task)
+    paper_mean = sum(paper[t - 1] for t in tasks) / len(tasks)
+    print(f"| **mean** | {paper_mean:.1f} | **{sum(best_errors) / len(tasks):.1f}** | "
+          f"{sum(mean_errors) / len(tasks):.1f} |")
+    print(f"| failed (> 5%) | {sum(paper[t - 1] > 5 for t in tasks)} | {sum(e > 5 for e in best_errors)} | "
+          f"{sum(e > 5 for e in mean_errors)} |")
+    seconds = sum(r["seconds"] for r in runs)
+    print(f"\n{len(runs)} trainings, {seconds:.0f} s of training and testing in all (summed over processes)")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("speed")
+    p.add_argument("--task", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=30)
+    for name in ("protocol", "run", "report"):
+        p = sub.add_parser(name)
+        p.add_argument("--out", type=Path, required=True)
+        if name != "report":
+            p.add_argument("--tasks", type=int, nargs="+", default=list(range(1, 21)))
+            p.add_argument("--joint", action="store_true")
+        if name == "protocol":
+            p.add_argument("--seeds", type=int, default=10)
+            p.add_argument("--jobs", type=int, default=2)
+        if name == "run":
+            p.add_argument("--seed", type=int, required=True)
+    args, extra = parser.parse_known_args()
+    extra = [e for e in extra if e != "--"]
+    if args.command == "report":
+        report(args)
+    else:
+        {"speed": speed, "run": run, "protocol": protocol}[args.command](args, extra)
+
+
+if __name__ == "__main__":
+    main()

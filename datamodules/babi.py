@@ -1,0 +1,249 @@
+"""bAbI (Weston et al. 2015): the 20 question-answering tasks, read as End-to-End Memory Networks read them.
+
+The standard distribution ``tasks_1-20_v1-2/<set>/qa<N>_<name>_{train,test}.txt`` (set ``en``: 1,000 training
+questions per task, ``en-10k``: 10,000). In a file, a line ``<id> <sentence>`` adds a statement to the story (id 1
+starts a new story), and ``<id> <question>?<TAB><answer><TAB><supporting ids>`` asks about the statements so far.
+Every question is one example: the last ``memory_size`` statements before it (the memory), the question, the
+answer and which memory slots hold its supporting facts. Answers are single tokens; task 8's lists and task 19's
+paths ("apple,football", "n,w") stay one token, as in the authors' code.
+"""
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import lightning as L
+import torch
+
+from datamodules.data_root import DatasetNotFoundError, default_data_dir
+from datamodules.tensors import TensorBatchDataset, tensor_loader
+
+TASKS = {1: "single-supporting-fact", 2: "two-supporting-facts", 3: "three-supporting-facts",
+         4: "two-arg-relations", 5: "three-arg-relations", 6: "yes-no-questions", 7: "counting", 8: "lists-sets",
+         9: "simple-negation", 10: "indefinite-knowledge", 11: "basic-coreference", 12: "conjunction",
+         13: "compound-coreference", 14: "time-reasoning", 15: "basic-deduction", 16: "basic-induction",
+         17: "positional-reasoning", 18: "size-reasoning", 19: "path-finding", 20: "agents-motivations"}
+FOLDER = Path("babi") / "tasks_1-20_v1-2"
+URL = "http://www.thespermwhale.com/jaseweston/babi/tasks_1-20_v1-2.tar.gz"
+NIL = "<nil>"  # word id 0: padding of sentences and memories
+
+
+@dataclass
+class Question:
+    story: list[list[str]]  # the statements of the story so far (shared with the story's other questions)
+    n_statements: int  # how many of them precede this question
+    words: list[str]
+    answer: str
+    supports: list[int]  # indices into story[:n_statements] of the supporting facts
+
+
+class BabiBatch(NamedTuple):
+    stories: torch.Tensor  # (B, M, J) word ids of the memory, the newest statement in slot 0, padded with 0
+    queries: torch.Tensor  # (B, J)
+    answers: torch.Tensor  # (B,) word ids
+    n_memories: torch.Tensor  # (B,) the real slots of each memory
+    supports: torch.Tensor  # (B, 3) the slots of the supporting facts (-1: none, or older than the memory)
+    tasks: torch.Tensor  # (B,) task numbers
+
+
+WORD = re.compile(r"[a-z0-9']+")
+
+
+def tokenize(sentence: str) -> list[str]:
+    return WORD.findall(sentence.lower())
+
+
+def _malformed(path: Path, line: int, why: str) -> ValueError:
+    return ValueError(f"{path}, line {line}: {why}")
+
+
+def parse_babi(path: Path) -> list[Question]:
+    """The questions of one bAbI file, in file order. A malformed line raises ValueError with file and line."""
+    questions: list[Question] = []
+    story: list[list[str]] = []
+    statement_of_line: dict[int, int] = {}  # line id -> index of the statement in the story
+    last_id = 0
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            head, _, rest = line.partition(" ")
+            if not head.isdigit():
+                raise _malformed(path, number, f"expected '<id> <sentence>', got {line[:80]!r}")
+            line_id = int(head)
+            if line_id == 1:
+                story, statement_of_line = [], {}
+            elif line_id != last_id + 1:
+                raise _malformed(path, number, f"line id {line_id} does not follow {last_id} (a story starts at 1)")
+            last_id = line_id
+            if "\t" not in rest:
+                story.append(tokenize(rest))
+                statement_of_line[line_id] = len(story) - 1
+                continue
+            fields = rest.split("\t")
+            if len(fields) != 3 or not fields[1].strip():
+                raise _malformed(path, number, "a question line needs '<question>?<TAB><answer><TAB><supporting "
+                                               f"ids>', got {line[:80]!r}")
+            try:
+                supports = [statement_of_line[int(i)] for i in fields[2].split()]
+            except (ValueError, KeyError):
+                raise _malformed(path, number, f"supporting ids {fields[2]!r} must name earlier statements of "
+                                               "the story") from None
+            questions.append(Question(story, len(story), tokenize(fields[0]), fields[1].strip().lower(), supports))
+    return questions
+
+
+def task_file(folder: Path, task: int, split: str) -> Path:
+    """The file of one task and split; a missing one says where it looked (en-10k has no task 3 train file)."""
+    path = folder / f"qa{task}_{TASKS[task]}_{split}.txt"
+    if not path.is_file():
+        extra = (" The en-10k set as distributed has no training file for task 3: use variant 'en' for task 3, or "
+                 "leave task 3 out of a joint en-10k run (tasks: [1, 2, 4, ...])."
+                 if folder.name == "en-10k" and task == 3 and split == "train" else "")
+        raise DatasetNotFoundError(f"bAbI task {task} ({split}) not found: looked for {path}.{extra}")
+    return path
+
+
+class BabiDataModule(L.LightningDataModule):
+    """The bAbI tasks as tensors (on the training device); a batch is a ``BabiBatch``.
+
+    A memory holds the last M statements before its question, the newest in slot 0: slot i is the statement i + 1
+    steps back in time, the paper's temporal index. M is ``memory_size``, or the longest story if shorter.
+
+    Args:
+        data_dir: the data root holding ``babi/tasks_1-20_v1-2/<variant>/`` (default ``$DL4_DATA_DIR``).
+        variant: ``en`` (1,000 training questions per task) or ``en-10k`` (10,000).
+        tasks: one task number, or a list of them trained jointly (``all``: every task of the variant).
+        memory_size: the statements kept in memory (the paper's 50).
+        val_fraction: the share of each task's training questions held out for validation, drawn by ``seed``.
+        download: fetch and unpack the bAbI archive into the data root when the variant's folder is missing.
+    The vocabulary is built over all 20 tasks of the variant (train and test), so every model sees the same word ids.
+    """
+
+    def __init__(self, data_dir: str | None = None, variant: Literal["en", "en-10k"] = "en",
+                 tasks: int | list[int] | Literal["all"] = 1, memory_size: int = 50, batch_size: int = 32,
+                 eval_batch_size: int = 1000, val_fraction: float = 0.1, seed: int = 0, download: bool = False,
+                 on_device: bool = True):
+        super().__init__()
+        task_list = list(range(1, 21)) if tasks == "all" else [tasks] if isinstance(tasks, int) else list(tasks)
+        bad = [t for t in task_list if t not in TASKS]
+        if bad or not task_list:
+            raise ValueError(f"data.tasks: {tasks!r} holds no valid task numbers {bad or ''}; use 1-20, a list of "
+                             f"them, or 'all'")
+        if variant == "en-10k" and tasks == "all":
+            task_list.remove(3)  # the distribution lacks qa3's en-10k training file
+        if memory_size < 1 or not 0 < val_fraction < 1:
+            raise ValueError(f"data.memory_size must be >= 1 and data.val_fraction in (0, 1), got {memory_size} "
+                             f"and {val_fraction}")
+        self.data_dir = data_dir or default_data_dir()
+        self.folder = Path(self.data_dir) / FOLDER / variant
+        self.tasks, self.variant = task_list, variant
+        self.memory_size, self.batch_size, self.eval_batch_size = memory_size, batch_size, eval_batch_size
+        self.val_fraction, self.seed, self.download, self.on_device = val_fraction, seed, download, on_device
+        self.vocab: list[str] | None = None
+        self.train_set = self.val_set = self.test_set = self.statements = None
+
+    def prepare_data(self):
+        if self.folder.is_dir() or not self.download:
+            return
+        from torchvision.datasets.utils import download_and_extract_archive
+
+        download_and_extract_archive(URL, str(Path(self.data_dir) / "babi"))
+
+    def _files(self, split: str) -> dict[int, Path]:
+        if not self.folder.is_dir():
+            raise DatasetNotFoundError(
+                f"bAbI not found: looked for {self.folder.resolve()}. Unpack tasks_1-20_v1-2.tar.gz ({URL}) into "
+                f"{(Path(self.data_dir) / 'babi').resolve()}, point the data root at the folder holding "
+                f"babi/ (DL4_DATA_DIR=... or --data.init_args.data_dir=...), or set --data.init_args.download=true "
+                f"on a machine with internet.")
+        return {t: task_file(self.folder, t, split) for t in self.tasks}
+
+    def build_vocab(self) -> list[str]:
+        """Every word and answer of the 20 tasks of the variant (train and test files present), sorted; id 0 is nil."""
+        words, stories = set(), {}
+        for path in sorted(self.folder.glob("qa*_*_t*.txt")):
+            for q in parse_babi(path):
+                words.update(q.words, [q.answer])
+                stories[id(q.story)] = q.story
+        words.update(w for story in stories.values() for sentence in story for w in sentence)
+        return [NIL, *sorted(words)]
+
+    def setup(self, stage: str | None = None):
+        if self.test_set is not None:
+            return
+        train_files, test_files = self._files("train"), self._files("test")
+        self.vocab = self.vocab or self.build_vocab()
+        self.word_id = {w: i for i, w in enumerate(self.vocab)}
+        g = torch.Generator().manual_seed(self.seed)
+        train, val = [], []
+        for task, path in train_files.items():
+            questions = [(task, q) for q in parse_babi(path)]
+            perm = torch.randperm(len(questions), generator=g).tolist()
+            n_val = round(len(questions) * self.val_fraction)
+            val += [questions[i] for i in sorted(perm[:n_val])]
+            train += [questions[i] for i in sorted(perm[n_val:])]
+        test = [(task, q) for task, path in test_files.items() for q in parse_babi(path)]
+        everything = train + val + test
+        self.sentence_length = max(max(len(s) for _, q in everything for s in q.story),
+                                   max(len(q.words) for _, q in everything))
+        self.memory_slots = min(self.memory_size, max(q.n_statements for _, q in everything))
+        device = self.trainer.strategy.root_device if self.on_device and self.trainer is not None else "cpu"
+        rows, first_row = [[0] * self.sentence_length], {}
+        self.train_set, self.val_set, self.test_set = (self._tensors(part, rows, first_row).to(device)
+                                                       for part in (train, val, test))
+        self.statements = torch.tensor(rows).to(device)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def _tensors(self, questions: list[tuple[int, Question]], rows: list[list[int]], first_row: dict):
+        """One split as tensors. A memory is M indices into the shared table of statements (``rows``, row 0 the
+        empty sentence), so a story's statements are stored once however many questions it has."""
+        M, J, ids = self.memory_slots, self.sentence_length, self.word_id
+        pad = lambda words: [ids[w] for w in words] + [0] * (J - len(words))  # noqa: E731
+        memories, queries, answers, n_memories, supports, tasks = [], [], [], [], [], []
+        for task, q in questions:
+            if id(q.story) not in first_row:
+                first_row[id(q.story)] = len(rows)
+                rows += [pad(sentence) for sentence in q.story]
+            first = first_row[id(q.story)]
+            kept = list(range(q.n_statements - 1, max(-1, q.n_statements - 1 - M), -1))  # newest first
+            memories.append([first + i for i in kept] + [0] * (M - len(kept)))
+            slots = [q.n_statements - 1 - i for i in q.supports if q.n_statements - 1 - i < M][:3]
+            supports.append(slots + [-1] * (3 - len(slots)))
+            queries.append(pad(q.words))
+            answers.append(ids[q.answer])
+            n_memories.append(len(kept))
+            tasks.append(task)
+        return TensorBatchDataset(*(torch.tensor(v) for v in (memories, queries, answers, n_memories, supports,
+                                                                tasks)))
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int) -> BabiBatch:
+        """The memories' statement indices -> their word ids (one gather on the batch's device)."""
+        memories, *rest = batch
+        if self.statements.device != memories.device:
+            self.statements = self.statements.to(memories.device)
+        return BabiBatch(self.statements[memories], *rest)
+
+    def train_dataloader(self):
+        return tensor_loader(self.train_set, self.batch_size, shuffle=True)
+
+    def val_dataloader(self):
+        return tensor_loader(self.val_set, self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self):
+        return tensor_loader(self.test_set, self.eval_batch_size, shuffle=False)
+
+    def sentence(self, ids: torch.Tensor) -> str:
+        """Word ids (padded with 0) -> the words."""
+        return " ".join(self.vocab[i] for i in ids.tolist() if i != 0)
+
+    def state_dict(self):
+        return {"vocab": self.vocab}
+
+    def load_state_dict(self, state_dict):
+        self.vocab = state_dict["vocab"]

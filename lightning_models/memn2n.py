@@ -1,0 +1,140 @@
+"""End-to-End Memory Networks (Sukhbaatar et al. 2015) on bAbI, trained as the authors' code trains them.
+
+The net is ``lightning_models.nn.memn2n.EndToEndMemoryNetwork``. Training follows the paper's protocol (sec. 4.2)
+as its Matlab code runs it: plain SGD on the cross-entropy summed over a batch of 32, gradient norms clipped at 40
+(the Trainer's ``gradient_clip_val``), linear start (LS) for the first epochs at a constant rate, then the rate
+halved every 25 epochs; random noise (RN) in the temporal indices while training. The error is reported per task
+(in %), with the mean over tasks and the number of failed tasks (error > 5%).
+"""
+
+from typing import Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric, Metric
+
+from lightning_models.nn.memn2n import EndToEndMemoryNetwork, random_time_gaps
+from lightning_models.train_logging import log_train_metrics
+
+FAILED = 5.0  # a task with a test error above 5% counts as failed (Weston et al. 2015)
+
+
+class PerTaskError(Metric):
+    """Wrong answers and questions per bAbI task (1-20), summed across processes; ``compute`` gives errors in %."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.add_state("wrong", torch.zeros(21, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("total", torch.zeros(21, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, wrong: torch.Tensor, tasks: torch.Tensor) -> None:
+        self.wrong += torch.bincount(tasks, weights=wrong.float(), minlength=21).long()
+        self.total += torch.bincount(tasks, minlength=21)
+
+    def compute(self) -> dict[int, torch.Tensor]:
+        return {t: 100.0 * self.wrong[t] / self.total[t] for t in range(1, 21) if self.total[t] > 0}
+
+
+class MemN2N(L.LightningModule):
+    """A MemN2N question answerer (see ``EndToEndMemoryNetwork`` for the net's arguments).
+
+    Args:
+        vocab_size, sentence_length, memory_size: taken from the datamodule when left out (and then kept in the
+            checkpoint's hyperparameters).
+        random_noise: the share of empty memories inserted among the real ones in training (RN; 0 turns it off).
+        linear_start_epochs: epochs trained without the attention softmaxes (LS; 0 turns it off).
+        lr: the SGD learning rate (the authors' code uses 0.01, halved to 0.005 when LS is on), constant during
+            LS, then halved every ``lr_halve_every`` epochs.
+    """
+
+    def __init__(self, vocab_size: int | None = None, sentence_length: int | None = None,
+                 memory_size: int | None = None, embedding_dim: int = 20, hops: int = 3,
+                 encoding: Literal["position", "bow"] = "position", temporal: bool = True,
+                 tying: Literal["adjacent", "layerwise"] = "adjacent", random_noise: float = 0.1,
+                 linear_start_epochs: int = 20, lr: float = 0.005, lr_halve_every: int = 25):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net: EndToEndMemoryNetwork | None = None
+        if None not in (vocab_size, sentence_length, memory_size):
+            self._build()
+        self.register_buffer("softmax", torch.tensor(linear_start_epochs == 0))  # False during linear start
+        self.train_error = MeanMetric()
+        self.val_error, self.test_error = PerTaskError(), PerTaskError()
+
+    def _build(self):
+        hp = self.hparams
+        self.net = EndToEndMemoryNetwork(hp.vocab_size, hp.sentence_length, hp.memory_size, hp.embedding_dim,
+                                         hp.hops, hp.encoding, hp.temporal, hp.tying)
+
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is None:
+            return
+        for key, value in (("vocab_size", dm.vocab_size), ("sentence_length", dm.sentence_length),
+                           ("memory_size", dm.memory_slots)):
+            if self.hparams[key] is None:
+                self.hparams[key] = value
+            elif self.hparams[key] != value and not (key == "memory_size" and self.hparams[key] > value):
+                raise ValueError(f"model.{key} is {self.hparams[key]} but the bAbI data has {value}: leave "
+                                 f"model.init_args.{key} out (it is taken from the data) or set it to {value}")
+        if self.net is None:
+            self._build()
+
+    def on_train_epoch_start(self):
+        # LS: the softmaxes come back after linear_start_epochs; the flag is a buffer, so a checkpoint keeps it
+        self.softmax.fill_(self.current_epoch >= self.hparams.linear_start_epochs)
+
+    def forward(self, batch, time: torch.Tensor | None = None):
+        return self.net(batch.stories, batch.queries, batch.n_memories, softmax=bool(self.softmax), time=time)
+
+    def training_step(self, batch, batch_idx):
+        time = None
+        if self.hparams.random_noise > 0 and self.hparams.temporal:
+            time = random_time_gaps(batch.n_memories, batch.stories.shape[1], self.hparams.random_noise)
+        logits, _ = self(batch, time)
+        loss = F.cross_entropy(logits, batch.answers, reduction="sum")  # summed over the batch, as the code does
+        self.train_error.update((logits.argmax(-1) != batch.answers).float())
+        log_train_metrics(self, {"train/loss": loss.detach() / len(logits)})
+        return loss
+
+    def on_train_epoch_end(self):
+        self.log("train/error", 100 * self.train_error.compute())
+        self.train_error.reset()
+
+    def _evaluate(self, batch, metric: PerTaskError, stage: str):
+        logits, _ = self(batch)
+        metric.update(logits.argmax(-1) != batch.answers, batch.tasks)
+        self.log(f"{stage}/loss", F.cross_entropy(logits, batch.answers), batch_size=len(logits), sync_dist=True)
+
+    def validation_step(self, batch, batch_idx):
+        self._evaluate(batch, self.val_error, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._evaluate(batch, self.test_error, "test")
+
+    def _log_errors(self, metric: PerTaskError, stage: str):
+        errors = metric.compute()
+        metric.reset()
+        values = torch.stack(list(errors.values()))
+        logs = {f"{stage}/error": values.mean(), f"{stage}/failed_tasks": (values > FAILED).sum().float()}
+        if len(errors) > 1 or stage == "test":
+            logs.update({f"{stage}/error_task{t}": e for t, e in errors.items()})
+        self.log_dict(logs)
+
+    def on_validation_epoch_end(self):
+        self._log_errors(self.val_error, "val")
+
+    def on_test_epoch_end(self):
+        self._log_errors(self.test_error, "test")
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        opt = torch.optim.SGD(self.parameters(), lr=hp.lr)
+
+        def factor(epoch):  # constant during LS, then halved at the end of every lr_halve_every epochs
+            return 0.5 ** (max(0, epoch - hp.linear_start_epochs + 1) // hp.lr_halve_every)
+
+        return [opt], [torch.optim.lr_scheduler.LambdaLR(opt, factor)]
