@@ -11,7 +11,7 @@ from lightning_models import MemN2N
 from lightning_models.memn2n import PerTaskError
 from lightning_models.nn.memn2n import EndToEndMemoryNetwork, position_encoding, random_time_gaps
 from test_babi import babi_root  # noqa: F401  (fixture)
-from test_cli import dl4
+from test_cli import ddp_fit, dl4
 from wandb_records import history
 
 
@@ -140,3 +140,14 @@ def test_joint_run_logs_attention_table_and_per_task_test_errors(tmp_path, babi_
     assert out.returncode == 0, out.stderr[-3000:]
     for key in ("test/error_task1", "test/error_task19", "test/error", "test/failed_tasks"):
         assert key in out.stdout
+
+
+def test_ddp_logs_attention_from_rank_zero_only(tmp_path, babi_root):  # noqa: F811
+    config = yaml.safe_load((CONFIGS / "memn2n_babi.yaml").read_text())
+    config["trainer"]["callbacks"] = [{"class_path": "MemN2NAttention", "init_args": {"every_n_epochs": 1}}]
+    (tmp_path / "memn2n.yaml").write_text(yaml.safe_dump(config))
+    run = ddp_fit(tmp_path / "memn2n.yaml", tmp_path, babi_root)
+    assert len(list((run / "media" / "media_memn2n_attention_image").glob("*.png"))) == 2  # 2 epochs, rank 0
+    assert len(list((run / "media").glob("media_memn2n_attention_step*.csv"))) == 2
+    metrics = (run / "metrics.csv").read_text()
+    assert "val/error" in metrics and "train/error" in metrics
