@@ -60,7 +60,7 @@ def speed(args, extra):
             self.start = now
 
         def on_validation_start(self, trainer, pl_module):  # the epoch's training batches are done
-            if trainer.training:
+            if not trainer.sanity_checking:
                 self.train.append(time.perf_counter() - self.start)
 
     c = cli(["--config", str(ROOT / "configs" / "memn2n_babi.yaml"), *quiet(),
@@ -97,8 +97,8 @@ def run(args, extra):
                         "test_errors": errors, "seconds": time.perf_counter() - start})
         print(f"seed {args.seed} tasks {tasks}: val {val:.1f}% test {sum(errors.values()) / len(errors):.1f}% "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"seed{args.seed}.json").write_text(json.dumps(results, indent=1))
+        args.out.mkdir(parents=True, exist_ok=True)  # after every task: a stopped run keeps what it finished
+        (args.out / f"seed{args.seed}.json").write_text(json.dumps(results, indent=1))
 
 
 def protocol(args, extra):
