@@ -48,6 +48,7 @@ def quiet() -> list[str]:
 
 def speed(args, extra):
     import lightning as L
+    import torch
 
     class EpochTimes(L.Callback):
         def __init__(self):
@@ -69,8 +70,6 @@ def speed(args, extra):
     c.trainer.callbacks.append(timer)
     c.trainer.fit(c.model, c.datamodule)
     (result,) = c.trainer.test(c.model, c.datamodule, verbose=False)
-    import torch
-
     skip = 3  # the first epochs warm up
     train = sorted(timer.train[skip:])[len(timer.train[skip:]) // 2]
     full = sorted(timer.full[skip:])[len(timer.full[skip:]) // 2]

@@ -15,6 +15,7 @@ Adjacent tying (sec. 2.2): K + 1 embeddings E_0..E_K with A^k = E_{k-1}, C^k = E
 Layer-wise tying: one A, one C for all hops, a separate B and W, and a linear map H between hops.
 """
 
+import math
 from typing import Literal
 
 import torch
@@ -40,7 +41,7 @@ def random_time_gaps(n_memories: torch.Tensor, slots: int, fraction: float = 0.1
     B, device = n_memories.shape[0], n_memories.device
     blank = (torch.rand(B, generator=generator, device=device) * (torch.ceil(fraction * n_memories) + 1)).long()
     span = n_memories + blank  # n + n_blank time steps, of which n hold a statement
-    width = slots + int(torch.ceil(torch.tensor(fraction * slots))) + 1
+    width = slots + math.ceil(fraction * slots) + 1
     keys = torch.rand(B, width, generator=generator, device=device)
     keys = keys.masked_fill(torch.arange(width, device=device) >= span.unsqueeze(1), 2.0)
     steps = keys.argsort(dim=1)[:, :slots]  # a random ordering of 0..span-1 first: its first n are the chosen
