@@ -5,12 +5,13 @@ being what the model must emit over the last T_out steps (the output phase, when
 for markers). One batch holds sequences of one length, so the whole batch steps through time together.
 
 - copy: L random 8-bit vectors, then a delimiter on its own channel; the target is the L vectors again.
-- repeat copy: a start marker, L vectors, then the number of repeats n (normalised, n / max_repeats) on its own
-  channel; the target is the vectors n times, then an end marker on an extra output channel.
+- repeat copy: a start marker, L vectors, then the number of repeats n on its own channel, normalised to mean
+  zero and variance one over the training repeats (as the paper does); the target is the vectors n times, then an end marker on an extra output channel.
 - associative recall: L items of three 6-bit vectors, each item opened by a delimiter on channel 6; then a
   query item (one of the first L-1) opened by a delimiter on channel 7; the target is the item that followed it.
 """
 
+import math
 from collections.abc import Iterator, Sequence
 from typing import Literal
 
@@ -34,16 +35,24 @@ def copy_batch(batch_size: int, length: int, width: int, generator: torch.Genera
     return inputs, seq
 
 
-def repeat_copy_batch(batch_size: int, length: int, repeats: int, width: int, max_repeats: int,
+def normalised_repeats(repeats: int, min_repeats: int, max_repeats: int) -> float:
+    """The paper's repeat count input: n standardised by the mean and standard deviation of the uniform
+    distribution over min_repeats..max_repeats (1..10 gives -1.57..1.57, steps of 0.35)."""
+    mean = (min_repeats + max_repeats) / 2
+    std = math.sqrt(((max_repeats - min_repeats + 1) ** 2 - 1) / 12) or 1.0
+    return (repeats - mean) / std
+
+
+def repeat_copy_batch(batch_size: int, length: int, repeats: int, width: int, min_repeats: int, max_repeats: int,
                       generator: torch.Generator):
-    """inputs (L+2 + nL+1, B, width+2): start marker (channel ``width``), L vectors, n / max_repeats on channel
+    """inputs (L+2 + nL+1, B, width+2): start marker (channel ``width``), L vectors, the normalised n on channel
     ``width+1``, then blanks; targets (nL+1, B, width+1): the vectors n times, then the end marker."""
     seq = random_bits((length, batch_size, width), generator)
     out_steps = repeats * length + 1
     inputs = torch.zeros(length + 2 + out_steps, batch_size, width + 2)
     inputs[0, :, width] = 1.0
     inputs[1:length + 1, :, :width] = seq
-    inputs[length + 1, :, width + 1] = repeats / max_repeats
+    inputs[length + 1, :, width + 1] = normalised_repeats(repeats, min_repeats, max_repeats)
     targets = torch.zeros(out_steps, batch_size, width + 1)
     targets[:-1, :, :width] = seq.repeat(repeats, 1, 1)
     targets[-1, :, width] = 1.0
@@ -132,12 +141,15 @@ class AlgorithmicTasksDataModule(L.LightningDataModule):
             return copy_batch(batch_size, length, hp.width, generator)
         if self.task == "repeat_copy":
             repeats = int(torch.randint(hp.min_repeats, hp.max_repeats + 1, (), generator=generator))
-            return repeat_copy_batch(batch_size, length, repeats, hp.width, hp.max_repeats, generator)
+            return repeat_copy_batch(batch_size, length, repeats, hp.width, hp.min_repeats, hp.max_repeats,
+                                     generator)
         return associative_recall_batch(batch_size, length, hp.width, hp.item_length, generator)
 
     def _fixed_set(self, lengths: Sequence[int], per_length: int, seed: int) -> list:
+        """One batch per length, as (inputs, targets, length): the length travels with its batch, so it stays
+        right when a distributed sampler deals the batches out to several processes."""
         generator = torch.Generator().manual_seed(seed)
-        return [self.make_batch(length, generator, per_length) for length in lengths]
+        return [(*self.make_batch(length, generator, per_length), length) for length in lengths]
 
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams

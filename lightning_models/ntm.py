@@ -12,6 +12,7 @@ from typing import Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from torchmetrics import Metric
 
 from lightning_models.nn.ntm import MemoryInit, NeuralTuringMachine, StackedLSTM
 from lightning_models.train_logging import log_train_metrics
@@ -26,6 +27,36 @@ def sequence_cost(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Te
     nats = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum((0, 2))
     errors = ((logits > 0).float() != targets).float().sum((0, 2))
     return nats, errors
+
+
+class PerLengthCost(Metric):
+    """The cost (nats) and wrong bits of every sequence, summed by sequence length and across processes."""
+
+    full_state_update = False
+
+    def __init__(self, lengths, **kwargs):
+        super().__init__(**kwargs)
+        self.lengths = sorted(set(lengths))
+        size = self.lengths[-1] + 1
+        self.add_state("nats", torch.zeros(size, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("errors", torch.zeros(size, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros(size, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, nats: torch.Tensor, errors: torch.Tensor, length: int) -> None:
+        self.nats[length] += nats.sum()
+        self.errors[length] += errors.sum()
+        self.count[length] += len(nats)
+
+    def compute(self) -> dict[str, float]:
+        """bits_per_seq and bit_errors_per_seq over all sequences, and ``..._len<L>`` for every length seen."""
+        seen = self.count > 0
+        out = {"bits_per_seq": self.nats[seen].sum() / self.count[seen].sum() / LN2,
+               "bit_errors_per_seq": self.errors[seen].sum() / self.count[seen].sum()}
+        for length in self.lengths:
+            if seen[length]:
+                out[f"bits_per_seq_len{length}"] = self.nats[length] / self.count[length] / LN2
+                out[f"bit_errors_per_seq_len{length}"] = self.errors[length] / self.count[length]
+        return {key: value.float() for key, value in out.items()}
 
 
 class SequenceLearner(L.LightningModule):
@@ -54,6 +85,11 @@ class SequenceLearner(L.LightningModule):
             if expected is not None and expected != self.hparams[key]:
                 raise ValueError(f"model.{key} is {self.hparams[key]} but the data ({dm.task}) has {expected}: "
                                  f"set model.init_args.{key}: {expected}")
+        # validation and test costs by length: the fixed sets hold one batch per length (a training length for
+        # validation, a generalisation length for test)
+        hp = getattr(dm, "hparams", {})
+        self.val_cost = PerLengthCost(range(hp.get("min_length", 1), hp.get("max_length", 20) + 1))
+        self.test_cost = PerLengthCost(hp.get("test_lengths", (10, 20, 30, 50, 80, 120)))
 
     def on_fit_start(self) -> None:
         self._fit_start = time.perf_counter()
@@ -67,33 +103,39 @@ class SequenceLearner(L.LightningModule):
                                  "train/sequences": self.sequences_seen.float()})
         return loss
 
-    def _evaluate(self, batch, stage: str, length: int | None = None):
-        inputs, targets = batch
+    def _evaluate(self, batch, stage: str):
+        inputs, targets, length = batch  # the fixed sets hold one batch per length (see the datamodule)
         nats, errors = sequence_cost(self(inputs), targets)
-        n = len(nats)
-        metrics = {f"{stage}/bits_per_seq": nats.mean() / LN2, f"{stage}/bit_errors_per_seq": errors.mean()}
-        if length is not None:  # the test set holds one batch per test length
-            metrics.update({f"{stage}/bits_per_seq_len{length}": nats.mean() / LN2,
-                            f"{stage}/bit_errors_per_seq_len{length}": errors.mean()})
-        self.log_dict(metrics, batch_size=n, sync_dist=True, add_dataloader_idx=False)
+        getattr(self, f"{stage}_cost").update(nats, errors, int(length))
+
+    def _log_costs(self, stage: str) -> torch.Tensor:
+        """Logs ``<stage>/bits_per_seq``, ``<stage>/bit_errors_per_seq`` and both per length; returns the cost."""
+        metric = getattr(self, f"{stage}_cost")
+        costs = metric.compute()  # already summed across processes: every rank logs the same values
+        metric.reset()
+        self.log_dict({f"{stage}/{key}": value for key, value in costs.items()}, sync_dist=True)
+        return costs["bits_per_seq"]
 
     def validation_step(self, batch, batch_idx):
         self._evaluate(batch, "val")
 
     def on_validation_epoch_end(self):
+        cost = self._log_costs("val")
         if self.trainer.sanity_checking or self.trainer.state.fn != "fit":
             return
-        cost = self.trainer.callback_metrics.get("val/bits_per_seq")
         seen = int(self.sequences_seen)
         self.log("val/sequences", float(seen))
         self.log("val/train_seconds", time.perf_counter() - self._fit_start)  # wall time since fit began
-        if self.converged_at is None and cost is not None and cost < self.hparams.converged_bits:
+        if self.converged_at is None and cost < self.hparams.converged_bits:
             self.converged_at = seen
         if self.converged_at is not None:
             self.log("val/sequences_to_converge", float(self.converged_at))
 
     def test_step(self, batch, batch_idx):
-        self._evaluate(batch, "test", length=self.trainer.datamodule.hparams.test_lengths[batch_idx])
+        self._evaluate(batch, "test")
+
+    def on_test_epoch_end(self):
+        self._log_costs("test")
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from datamodules import AlgorithmicTasksDataModule
-from datamodules.algorithmic import associative_recall_batch, copy_batch, repeat_copy_batch
+from datamodules.algorithmic import associative_recall_batch, copy_batch, normalised_repeats, repeat_copy_batch
 
 
 def gen(seed=0):
@@ -21,15 +21,23 @@ def test_copy_sequence_delimiter_then_blank_output_phase():
 
 
 def test_repeat_copy_repeats_and_ends_with_a_marker():
-    inputs, targets = repeat_copy_batch(3, 4, 5, 8, 10, gen())
+    inputs, targets = repeat_copy_batch(3, 4, 5, 8, 1, 10, gen())
     assert inputs.shape == (4 + 2 + 21, 3, 10) and targets.shape == (21, 3, 9)
     assert (inputs[0, :, 8] == 1).all() and (inputs[0, :, :8] == 0).all()  # start marker
     seq = inputs[1:5, :, :8]
-    assert torch.allclose(inputs[5, :, 9], torch.tensor(0.5))  # 5 repeats of at most 10, normalised
+    # 5 repeats of 1-10, normalised by the mean 5.5 and the standard deviation sqrt(99 / 12) of U{1..10}
+    assert torch.allclose(inputs[5, :, 9], torch.tensor((5 - 5.5) / (99 / 12) ** 0.5))
     for r in range(5):
         torch.testing.assert_close(targets[4 * r:4 * (r + 1), :, :8], seq)
     assert (targets[:-1, :, 8] == 0).all() and (targets[-1, :, 8] == 1).all() and (targets[-1, :, :8] == 0).all()
     assert (inputs[6:] == 0).all()
+
+
+def test_repeat_counts_have_mean_zero_and_variance_one():
+    counts = torch.tensor([normalised_repeats(n, 1, 10) for n in range(1, 11)])
+    torch.testing.assert_close(counts.mean(), torch.tensor(0.0))
+    torch.testing.assert_close(counts.var(unbiased=False), torch.tensor(1.0))
+    assert normalised_repeats(3, 3, 3) == 0.0  # a single count is 0, not a division by zero
 
 
 def test_associative_recall_target_is_the_item_after_the_query():
@@ -52,8 +60,8 @@ def test_datamodule_sets_sizes_and_seeded_fixed_sets():
                                     test_lengths=[10, 30], test_per_length=3)
     dm.setup()
     assert (dm.input_size, dm.output_size) == (9, 8)
-    assert [x.shape[0] for x, _ in dm.val_batches] == [2 * n + 1 for n in range(2, 6)]
-    assert [y.shape for _, y in dm.test_batches] == [(10, 3, 8), (30, 3, 8)]
+    assert [(x.shape[0], n) for x, _, n in dm.val_batches] == [(2 * n + 1, n) for n in range(2, 6)]
+    assert [(y.shape, n) for _, y, n in dm.test_batches] == [((10, 3, 8), 10), ((30, 3, 8), 30)]
     again = AlgorithmicTasksDataModule(task="copy", batch_size=8, min_length=2, max_length=5, val_per_length=4,
                                        test_lengths=[10, 30], test_per_length=3)
     again.setup()
