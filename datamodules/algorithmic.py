@@ -5,8 +5,9 @@ being what the model must emit over the last T_out steps (the output phase, when
 for markers). One batch holds sequences of one length, so the whole batch steps through time together.
 
 - copy: L random 8-bit vectors, then a delimiter on its own channel; the target is the L vectors again.
-- repeat copy: a start marker, L vectors, then the number of repeats n on its own channel, normalised to mean
-  zero and variance one over the training repeats (as the paper does); the target is the vectors n times, then an end marker on an extra output channel.
+- repeat copy: L vectors, a delimiter, then the number of repeats n on its own channel, normalised to mean zero and
+  variance one over the training repeats (as the paper does); the target is the vectors n times, then an end
+  marker on an extra output channel.
 - associative recall: L items of three 6-bit vectors, each item opened by a delimiter on channel 6; then a
   query item (one of the first L-1) opened by a delimiter on channel 7; the target is the item that followed it.
 """
@@ -45,13 +46,16 @@ def normalised_repeats(repeats: int, min_repeats: int, max_repeats: int) -> floa
 
 def repeat_copy_batch(batch_size: int, length: int, repeats: int, width: int, min_repeats: int, max_repeats: int,
                       generator: torch.Generator):
-    """inputs (L+2 + nL+1, B, width+2): start marker (channel ``width``), L vectors, the normalised n on channel
-    ``width+1``, then blanks; targets (nL+1, B, width+1): the vectors n times, then the end marker."""
+    """inputs (L+2 + nL+1, B, width+2): L vectors, the delimiter (channel ``width``), the normalised n (channel
+    ``width+1``), then blanks; targets (nL+1, B, width+1): the vectors n times, then the end marker.
+
+    The delimiter marks the end of the input on its own: the count alone would not, since a count near the middle
+    of the range is close to 0 (5 and 6 repeats of 1-10 are -0.17 and 0.17) and looks like a blank step."""
     seq = random_bits((length, batch_size, width), generator)
     out_steps = repeats * length + 1
     inputs = torch.zeros(length + 2 + out_steps, batch_size, width + 2)
-    inputs[0, :, width] = 1.0
-    inputs[1:length + 1, :, :width] = seq
+    inputs[:length, :, :width] = seq
+    inputs[length, :, width] = 1.0
     inputs[length + 1, :, width + 1] = normalised_repeats(repeats, min_repeats, max_repeats)
     targets = torch.zeros(out_steps, batch_size, width + 1)
     targets[:-1, :, :width] = seq.repeat(repeats, 1, 1)

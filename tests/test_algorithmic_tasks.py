@@ -20,11 +20,11 @@ def test_copy_sequence_delimiter_then_blank_output_phase():
     assert (inputs[7:] == 0).all()  # no input during the output phase
 
 
-def test_repeat_copy_repeats_and_ends_with_a_marker():
+def test_repeat_copy_delimits_the_input_repeats_and_ends_with_a_marker():
     inputs, targets = repeat_copy_batch(3, 4, 5, 8, 1, 10, gen())
     assert inputs.shape == (4 + 2 + 21, 3, 10) and targets.shape == (21, 3, 9)
-    assert (inputs[0, :, 8] == 1).all() and (inputs[0, :, :8] == 0).all()  # start marker
-    seq = inputs[1:5, :, :8]
+    seq = inputs[:4, :, :8]
+    assert (inputs[:4, :, 8:] == 0).all() and (inputs[4, :, 8] == 1).all() and (inputs[4, :, :8] == 0).all()
     # 5 repeats of 1-10, normalised by the mean 5.5 and the standard deviation sqrt(99 / 12) of U{1..10}
     assert torch.allclose(inputs[5, :, 9], torch.tensor((5 - 5.5) / (99 / 12) ** 0.5))
     for r in range(5):

@@ -48,6 +48,30 @@ def test_ntm_learns_to_copy_short_sequences():
     assert int(model.sequences_seen) == 6 * 100 * 32
 
 
+def test_clip_percentile_clips_to_a_percentile_of_past_gradient_norms():
+    """AutoClip: after norms 1..10, a gradient of norm 1000 is clipped to the 10th percentile of the 11 norms seen
+    (2.0, numpy's linear interpolation), and the Trainer's gradient_clip_val still caps the threshold."""
+    model = NTM(controller_size=4, memory_rows=4, memory_width=2, clip_percentile=10)
+    params = list(model.parameters())
+
+    def step(norm, cap=None):
+        for p in params:
+            p.grad = torch.ones_like(p)
+        scale = norm / float(torch.nn.utils.get_total_norm([p.grad for p in params]))
+        for p in params:
+            p.grad *= scale
+        model.configure_gradient_clipping(None, gradient_clip_val=cap)
+        return float(torch.nn.utils.get_total_norm([p.grad for p in params]))
+
+    # the n-th norm n is clipped to the 10th percentile of 1..n, 1 + 0.1 (n - 1)
+    assert [step(n) for n in range(1, 11)] == pytest.approx([1 + 0.1 * k for k in range(10)], rel=1e-5)
+    assert step(1000.0) == pytest.approx(2.0, rel=1e-5)
+    assert step(1000.0, cap=1.5) == pytest.approx(1.5, rel=1e-5)
+    assert len(model.grad_norms) == 12
+    with pytest.raises(ValueError, match="model.clip_percentile must be in"):
+        NTM(clip_percentile=0)
+
+
 def test_convergence_is_logged_in_sequences_seen():
     L.seed_everything(0)
     dm = AlgorithmicTasksDataModule(task="copy", batch_size=8, min_length=1, max_length=2, batches_per_epoch=5,
