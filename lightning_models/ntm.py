@@ -5,6 +5,7 @@ the binary cross-entropy summed over the output phase, in bits per sequence as t
 errors are the output bits wrong after thresholding at 0.5. The nets are in ``lightning_models.nn.ntm``.
 """
 
+import bisect
 import math
 import time
 from typing import Literal
@@ -84,7 +85,7 @@ class SequenceLearner(L.LightningModule):
             raise ValueError(f"model.clip_percentile must be in (0, 100], got {clip_percentile}")
         self.register_buffer("sequences_seen", torch.zeros((), dtype=torch.long))
         self.converged_at: int | None = None
-        self.grad_norms: list[float] = []  # every step's gradient norm, for clip_percentile
+        self.grad_norms: list[float] = []  # every step's gradient norm, sorted, for clip_percentile
 
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule if self._trainer is not None else None
@@ -162,8 +163,11 @@ class SequenceLearner(L.LightningModule):
             return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
         params = [p for p in self.parameters() if p.grad is not None]
         norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        self.grad_norms.append(float(norm))
-        threshold = float(torch.tensor(self.grad_norms).quantile(percentile / 100))
+        bisect.insort(self.grad_norms, float(norm))  # kept sorted: the percentile is a lookup, not a sort a step
+        position = (len(self.grad_norms) - 1) * percentile / 100  # linear interpolation, as numpy's percentile
+        low = int(position)
+        high = min(low + 1, len(self.grad_norms) - 1)
+        threshold = self.grad_norms[low] + (self.grad_norms[high] - self.grad_norms[low]) * (position - low)
         if gradient_clip_val:
             threshold = min(threshold, gradient_clip_val)
         torch.nn.utils.clip_grads_with_norm_(params, threshold, norm)
