@@ -178,7 +178,7 @@ class SequenceLearner(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint):
         self.converged_at = checkpoint.get("converged_at")
-        self.grad_norms = checkpoint.get("grad_norms", [])
+        self.grad_norms = sorted(checkpoint.get("grad_norms", []))  # sorted, whatever wrote the checkpoint
 
 
 class NTM(SequenceLearner):

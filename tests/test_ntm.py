@@ -68,6 +68,8 @@ def test_clip_percentile_clips_to_a_percentile_of_past_gradient_norms():
     assert step(1000.0) == pytest.approx(2.0, rel=1e-5)
     assert step(1000.0, cap=1.5) == pytest.approx(1.5, rel=1e-5)
     assert len(model.grad_norms) == 12
+    model.on_load_checkpoint({"grad_norms": [3.0, 1.0, 2.0]})  # a resumed run continues the history, sorted
+    assert model.grad_norms == [1.0, 2.0, 3.0]
     with pytest.raises(ValueError, match="model.clip_percentile must be in"):
         NTM(clip_percentile=0)
 
