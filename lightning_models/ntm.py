@@ -48,7 +48,7 @@ class PerLengthCost(Metric):
         self.errors[length] += errors.sum()
         self.count[length] += len(nats)
 
-    def compute(self) -> dict[str, float]:
+    def compute(self) -> dict[str, torch.Tensor]:
         """bits_per_seq and bit_errors_per_seq over all sequences, and ``..._len<L>`` for every length seen."""
         seen = self.count > 0
         out = {"bits_per_seq": self.nats[seen].sum() / self.count[seen].sum() / LN2,
@@ -120,7 +120,8 @@ class SequenceLearner(L.LightningModule):
     def _log_costs(self, stage: str) -> torch.Tensor:
         """Logs ``<stage>/bits_per_seq``, ``<stage>/bit_errors_per_seq`` and both per length; returns the cost."""
         metric = getattr(self, f"{stage}_cost")
-        costs = metric.compute()  # already summed across processes: every rank logs the same values
+        costs = metric.compute()  # already summed across processes: every rank logs the same values (sync_dist
+        # averages equal values; it is there so that Lightning does not warn about epoch-level logs under DDP)
         metric.reset()
         self.log_dict({f"{stage}/{key}": value for key, value in costs.items()}, sync_dist=True)
         return costs["bits_per_seq"]
