@@ -138,6 +138,16 @@ class AlgorithmicTasksDataModule(L.LightningDataModule):
     def output_size(self) -> int:
         return self.hparams.width + (1 if self.task == "repeat_copy" else 0)
 
+    @property
+    def val_lengths(self) -> list[int]:
+        """The lengths of the validation set: every training length, one batch each."""
+        return list(range(self.hparams.min_length, self.hparams.max_length + 1))
+
+    @property
+    def test_lengths(self) -> list[int]:
+        """The lengths of the test set (generalisation), one batch each."""
+        return list(self.hparams.test_lengths)
+
     def make_batch(self, length: int, generator: torch.Generator, batch_size: int | None = None):
         """One batch of ``batch_size`` sequences of the given length (number of items for recall)."""
         hp, batch_size = self.hparams, batch_size or self.hparams.batch_size
@@ -159,8 +169,8 @@ class AlgorithmicTasksDataModule(L.LightningDataModule):
         hp = self.hparams
         rank = self.trainer.global_rank if self.trainer is not None else 0
         self.train_set = AlgorithmicTasks(self.make_batch, hp.min_length, hp.max_length, hp.seed + 1000 * rank)
-        self.val_batches = self._fixed_set(range(hp.min_length, hp.max_length + 1), hp.val_per_length, hp.seed + 1)
-        self.test_batches = self._fixed_set(hp.test_lengths, hp.test_per_length, hp.seed + 2)
+        self.val_batches = self._fixed_set(self.val_lengths, hp.val_per_length, hp.seed + 1)
+        self.test_batches = self._fixed_set(self.test_lengths, hp.test_per_length, hp.seed + 2)
 
     def train_dataloader(self):
         stream = self.train_set

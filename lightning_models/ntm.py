@@ -96,9 +96,12 @@ class SequenceLearner(L.LightningModule):
                                  f"set model.init_args.{key}: {expected}")
         # validation and test costs by length: the fixed sets hold one batch per length (a training length for
         # validation, a generalisation length for test)
-        hp = getattr(dm, "hparams", {})
-        self.val_cost = PerLengthCost(range(hp.get("min_length", 1), hp.get("max_length", 20) + 1))
-        self.test_cost = PerLengthCost(hp.get("test_lengths", (10, 20, 30, 50, 80, 120)))
+        if not hasattr(dm, "val_lengths"):
+            raise TypeError(f"{type(self).__name__} trains on an AlgorithmicTasksDataModule (data.class_path: "
+                            f"AlgorithmicTasksDataModule), whose fixed sets give every batch its length; got "
+                            f"{type(dm).__name__}")
+        self.val_cost = PerLengthCost(dm.val_lengths)
+        self.test_cost = PerLengthCost(dm.test_lengths)
 
     def on_fit_start(self) -> None:
         self._fit_start = time.perf_counter()

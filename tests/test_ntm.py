@@ -12,7 +12,7 @@ from callbacks import CopyGeneralisation, NTMMemoryTrace
 from conftest import CONFIGS
 from datamodules import AlgorithmicTasksDataModule
 from lightning_models import NTM, LSTMBaseline
-from lightning_models.ntm import sequence_cost
+from lightning_models.ntm import LN2, PerLengthCost, sequence_cost
 from test_cli import ddp_fit, dl4
 
 
@@ -31,6 +31,18 @@ def test_cost_is_summed_over_the_output_phase_in_nats_and_wrong_bits():
     expected = -(3 * torch.log(p) + torch.log(1 - p))
     torch.testing.assert_close(nats, expected.view(1))
     assert errors.tolist() == [1.0]
+
+
+def test_per_length_cost_sums_by_length_and_over_all_sequences():
+    metric = PerLengthCost([2, 5, 9])
+    metric.update(torch.tensor([1.0, 3.0]) * LN2, torch.tensor([0.0, 2.0]), 2)  # 2 and 4 nats of 1 and 3 bits
+    metric.update(torch.tensor([5.0]) * LN2, torch.tensor([1.0]), 5)
+    metric.update(torch.tensor([3.0]) * LN2, torch.tensor([4.0]), 5)
+    out = metric.compute()
+    assert "bits_per_seq_len9" not in out  # no batch of length 9 was seen
+    expected = {"bits_per_seq": 12 / 4, "bit_errors_per_seq": 7 / 4, "bits_per_seq_len2": 2.0,
+                "bit_errors_per_seq_len2": 1.0, "bits_per_seq_len5": 4.0, "bit_errors_per_seq_len5": 2.5}
+    assert {k: round(float(v), 5) for k, v in out.items()} == expected
 
 
 def test_ntm_learns_to_copy_short_sequences():
