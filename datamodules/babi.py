@@ -119,13 +119,15 @@ class BabiDataModule(L.LightningDataModule):
         memory_size: the statements kept in memory (the paper's 50).
         val_fraction: the share of each task's training questions held out for validation, drawn by ``seed``.
         download: fetch and unpack the bAbI archive into the data root when the variant's folder is missing.
-    The vocabulary is built over all 20 tasks of the variant (train and test), so every model sees the same word ids.
+        vocabulary: ``tasks``: the words of the chosen tasks (train and test), as the authors' code builds it, so
+            the answer's softmax ranges over those; ``all``: the words of all 20 tasks of the variant, the same
+            word ids whatever the tasks.
     """
 
     def __init__(self, data_dir: str | None = None, variant: Literal["en", "en-10k"] = "en",
                  tasks: int | list[int] | Literal["all"] = 1, memory_size: int = 50, batch_size: int = 32,
                  eval_batch_size: int = 1000, val_fraction: float = 0.1, seed: int = 0, download: bool = False,
-                 on_device: bool = True):
+                 on_device: bool = True, vocabulary: Literal["tasks", "all"] = "tasks"):
         super().__init__()
         task_list = list(range(1, 21)) if tasks == "all" else [tasks] if isinstance(tasks, int) else list(tasks)
         bad = [t for t in task_list if t not in TASKS]
@@ -134,6 +136,8 @@ class BabiDataModule(L.LightningDataModule):
                              f"them, or 'all'")
         if variant == "en-10k" and tasks == "all":
             task_list.remove(3)  # the distribution lacks qa3's en-10k training file
+        if vocabulary not in ("tasks", "all"):
+            raise ValueError(f"data.vocabulary must be 'tasks' or 'all', got {vocabulary!r}")
         if memory_size < 1 or not 0 < val_fraction < 1:
             raise ValueError(f"data.memory_size must be >= 1 and data.val_fraction in (0, 1), got {memory_size} "
                              f"and {val_fraction}")
@@ -142,6 +146,7 @@ class BabiDataModule(L.LightningDataModule):
         self.tasks, self.variant = task_list, variant
         self.memory_size, self.batch_size, self.eval_batch_size = memory_size, batch_size, eval_batch_size
         self.val_fraction, self.seed, self.download, self.on_device = val_fraction, seed, download, on_device
+        self.vocabulary = vocabulary
         self.vocab: list[str] | None = None
         self.train_set = self.val_set = self.test_set = self.statements = None
 
@@ -162,9 +167,14 @@ class BabiDataModule(L.LightningDataModule):
         return {t: task_file(self.folder, t, split) for t in self.tasks}
 
     def build_vocab(self) -> list[str]:
-        """Every word and answer of the 20 tasks of the variant (train and test files present), sorted; id 0 is nil."""
+        """Every word and answer of the chosen tasks (``vocabulary: tasks``) or of all 20 tasks of the variant, train
+        and test files, sorted; id 0 is nil."""
+        if self.vocabulary == "tasks":
+            paths = [*self._files("train").values(), *self._files("test").values()]
+        else:
+            paths = sorted(self.folder.glob("qa*_*_t*.txt"))
         words, stories = set(), {}
-        for path in sorted(self.folder.glob("qa*_*_t*.txt")):
+        for path in paths:
             for q in parse_babi(path):
                 words.update(q.words, [q.answer])
                 stories[id(q.story)] = q.story

@@ -2,7 +2,7 @@
 
 The net is ``lightning_models.nn.memn2n.EndToEndMemoryNetwork``. Training follows the paper's protocol (sec. 4.2)
 as its Matlab code runs it: plain SGD on the cross-entropy summed over a batch of 32, gradient norms clipped at 40
-(the Trainer's ``gradient_clip_val``), linear start (LS) for the first epochs at a constant rate, then the rate
+(the Trainer's ``gradient_clip_val``, every weight matrix on its own as the code does), linear start (LS) for the first epochs at a constant rate, then the rate
 halved every 25 epochs; random noise (RN) in the temporal indices while training. The error is reported per task
 (in %), with the mean over tasks and the number of failed tasks (error > 5%).
 """
@@ -46,6 +46,9 @@ class MemN2N(L.LightningModule):
             checkpoint's hyperparameters).
         random_noise: the share of empty memories inserted among the real ones in training (RN; 0 turns it off).
         linear_start_epochs: epochs trained without the attention softmaxes (LS; 0 turns it off).
+        clip_per_matrix: clip the gradient of every weight matrix to the Trainer's ``gradient_clip_val`` on its own,
+            as the authors' code does (False: the norm of all gradients together, Lightning's way).
+        time_as_word: see ``EndToEndMemoryNetwork``.
         lr: the SGD learning rate (the authors' code uses 0.01, halved to 0.005 when LS is on), constant during
             LS, then halved every ``lr_halve_every`` epochs.
     """
@@ -54,7 +57,8 @@ class MemN2N(L.LightningModule):
                  memory_size: int | None = None, embedding_dim: int = 20, hops: int = 3,
                  encoding: Literal["position", "bow"] = "position", temporal: bool = True,
                  tying: Literal["adjacent", "layerwise"] = "adjacent", random_noise: float = 0.1,
-                 linear_start_epochs: int = 20, lr: float = 0.005, lr_halve_every: int = 25):
+                 linear_start_epochs: int = 20, lr: float = 0.005, lr_halve_every: int = 25,
+                 clip_per_matrix: bool = True, time_as_word: bool = True):
         super().__init__()
         self.save_hyperparameters()
         self.net: EndToEndMemoryNetwork | None = None
@@ -67,7 +71,7 @@ class MemN2N(L.LightningModule):
     def _build(self):
         hp = self.hparams
         self.net = EndToEndMemoryNetwork(hp.vocab_size, hp.sentence_length, hp.memory_size, hp.embedding_dim,
-                                         hp.hops, hp.encoding, hp.temporal, hp.tying)
+                                         hp.hops, hp.encoding, hp.temporal, hp.tying, hp.time_as_word)
 
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule if self._trainer is not None else None
@@ -129,6 +133,12 @@ class MemN2N(L.LightningModule):
 
     def on_test_epoch_end(self):
         self._log_errors(self.test_error, "test")
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        if self.hparams.clip_per_matrix and gradient_clip_val:
+            self.net.clip_grad_norm_per_matrix_(gradient_clip_val)
+        else:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self):
         hp = self.hparams

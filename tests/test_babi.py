@@ -52,9 +52,18 @@ def test_the_memory_holds_the_newest_statements_first_and_the_supports_slots(tas
     fact = batch.stories[rows, support]  # (B, J): the supporting sentence ends with the answer
     last_word = fact.gather(1, ((fact != 0).sum(1, keepdim=True) - 1))
     assert torch.equal(last_word.squeeze(1), batch.answers)
-    # empty slots past n_memories, and the vocabulary covers all 20 tasks, nil first
+    # empty slots past n_memories
     assert (batch.stories[torch.arange(task1.memory_slots) >= batch.n_memories[:, None]] == 0).all()
-    assert task1.vocab[0] == "<nil>" and {"n,w", "football,apple", "hallway"} <= set(task1.vocab)
+
+
+def test_the_vocabulary_is_the_tasks_words_or_all_20_tasks(babi_root, task1):
+    # the chosen tasks' words (as the authors' code), nil first; or all 20 tasks' words
+    words = {w for q in parse_babi(task_file(babi_root / FOLDER / "en", 1, "test")) for s in q.story for w in s}
+    assert task1.vocab[0] == "<nil>" and words <= set(task1.vocab) and "n,w" not in task1.vocab
+    everything = BabiDataModule(str(babi_root), tasks=1, vocabulary="all").build_vocab()
+    assert {"n,w", "football,apple", "hallway"} <= set(everything) and set(task1.vocab) < set(everything)
+    with pytest.raises(ValueError, match="data.vocabulary must be 'tasks' or 'all'"):
+        BabiDataModule(str(babi_root), vocabulary="task")
 
 
 def test_memory_size_keeps_the_last_statements(babi_root):

@@ -39,7 +39,9 @@ def test_one_hop_by_hand_and_linear_start_removes_the_softmax():
     stories, queries, n = tiny_batch()
     l, (E0, E1), (T0, T1) = net.l, net.E.unbind(1), net.T.unbind(1)
 
-    torch.testing.assert_close(l, 2 * position_encoding(3, 5))  # twice the paper's weights, as the code's
+    # twice the paper's weights, as the code's, for the 3 words and the time word (word 4)
+    torch.testing.assert_close(torch.cat([l, net.l_time[None]]), 2 * position_encoding(4, 5))
+    T0, T1 = net.l_time * T0, net.l_time * T1
 
     def sentence(words, E):
         return sum(l[j] * E[w] for j, w in enumerate(words) if w != 0)
@@ -55,6 +57,36 @@ def test_one_hop_by_hand_and_linear_start_removes_the_softmax():
             expected = torch.softmax(scores, 0) if softmax else scores  # eq. 1, or LS
             torch.testing.assert_close(p[b, 0], expected)
             torch.testing.assert_close(logits[b], (u + expected @ c) @ E1.T)  # eqs. 2-4, W^T = C^K = E_1
+
+
+def test_time_added_unweighted_without_time_as_word():
+    net = tiny_net(time_as_word=False)
+    torch.testing.assert_close(net.l, 2 * position_encoding(3, 5))
+    assert torch.equal(net.l_time, torch.ones(5)) and torch.equal(tiny_net(encoding="bow").l_time, torch.ones(5))
+
+
+def test_gradients_are_clipped_per_matrix():
+    """Every E_k with its time rows T_k is clipped to the norm on its own (the code's lookup tables); layer-wise
+    tying's B, W and H too."""
+    for tying in ("adjacent", "layerwise"):
+        net = tiny_net(tying=tying)
+        for p in net.parameters():
+            p.grad = torch.randn_like(p)
+        net.T.grad[:, 0] *= 0.001  # E_0 with T_0 is large, E_1 with T_1 small
+        net.E.grad[:, 0] *= 100
+        net.E.grad[:, 1] *= 0.001
+        net.T.grad[:, 1] *= 0.001
+        before = {name: p.grad.clone() for name, p in net.named_parameters()}
+        net.clip_grad_norm_per_matrix_(1.0)
+        norm = lambda k, g: torch.cat([g["E"][:, k].flatten(), g["T"][:, k].flatten()]).norm()  # noqa: E731
+        after = {name: p.grad for name, p in net.named_parameters()}
+        assert norm(0, after) == pytest.approx(1.0)  # scaled down, E and T together
+        scale = after["E"][0, 0, 0] / before["E"][0, 0, 0]  # one factor for E_0 and T_0
+        torch.testing.assert_close(after["E"][:, 0], scale * before["E"][:, 0])
+        torch.testing.assert_close(after["T"][:, 0], scale * before["T"][:, 0])
+        assert norm(1, before) < 1 and torch.equal(after["E"][:, 1], before["E"][:, 1])  # untouched
+        for name in ("B", "W", "H.weight") if tying == "layerwise" else ():
+            assert after[name].norm() == pytest.approx(min(1.0, before[name].norm().item()))
 
 
 def test_adjacent_and_layerwise_tying():

@@ -11,6 +11,10 @@ the statement i + 1 steps back in time (slot 0 the newest), so the temporal inde
     a^ = softmax(W u^{K+1})                                                      (eq. 3)
     l_kj = (1 - j/J) - (k/d)(1 - 2j/J)                                           (sec. 4.1, position encoding)
 
+With ``time_as_word`` (the default), T_A(i) is weighted like a word: the time word is word J + 1 of every
+sentence, as in the slides' v_3 time word and the authors' code, so m_i = sum_j l_j . A x_ij + l_{J+1} . T_A(i)
+with l computed for J + 1 words.
+
 Adjacent tying (sec. 2.2): K + 1 embeddings E_0..E_K with A^k = E_{k-1}, C^k = E_k, B = A^1 and W^T = C^K.
 Layer-wise tying: one A, one C for all hops, a separate B and W, and a linear map H between hops.
 """
@@ -61,12 +65,14 @@ class EndToEndMemoryNetwork(nn.Module):
         encoding: ``position`` (PE) or ``bow`` (a plain bag of words).
         temporal: add the learned time embeddings T_A, T_C (TE).
         tying: ``adjacent`` or ``layerwise`` (sec. 2.2).
+        time_as_word: TE as one more word at the end of every sentence, weighted by PE like the others (the
+            authors' code); False adds T(i) unweighted.
     Word id 0 is the padding word: it contributes nothing to a sentence.
     """
 
     def __init__(self, vocab_size: int, sentence_length: int, memory_size: int = 50, embedding_dim: int = 20,
                  hops: int = 3, encoding: Literal["position", "bow"] = "position", temporal: bool = True,
-                 tying: Literal["adjacent", "layerwise"] = "adjacent"):
+                 tying: Literal["adjacent", "layerwise"] = "adjacent", time_as_word: bool = True):
         super().__init__()
         self.hops, self.tying, self.temporal = hops, tying, temporal
         n = hops + 1 if tying == "adjacent" else 2  # adjacent: E_0..E_K; layer-wise: A, C
@@ -79,8 +85,13 @@ class EndToEndMemoryNetwork(nn.Module):
         # PE at twice the paper's l_kj, whose weights average 1/2: the authors' code uses
         # 1 + 4 (k - (d+1)/2)(j - (J+1)/2) / (d J), about 2 l_kj, averaging 1 like a bag of words. Unscaled, every
         # sentence vector is halved, attention scores quartered, and task 6 stays at chance (README, MemN2N).
-        weights = 2 * position_encoding(sentence_length, embedding_dim)
-        self.register_buffer("l", weights if encoding == "position" else torch.ones_like(weights))
+        words = sentence_length + 1 if temporal and time_as_word else sentence_length  # + the time word
+        weights = 2 * position_encoding(words, embedding_dim)
+        if encoding == "bow":
+            weights = torch.ones_like(weights)
+        self.register_buffer("l", weights[:sentence_length].clone())
+        self.register_buffer("l_time", weights[sentence_length].clone() if words > sentence_length else torch.ones(
+            embedding_dim))  # l_{J+1}, the time word's weights
         for p in self.parameters():
             nn.init.normal_(p, 0.0, 0.1)  # "a Gaussian with zero mean and sigma = 0.1" (sec. 4.2)
 
@@ -107,8 +118,8 @@ class EndToEndMemoryNetwork(nn.Module):
             u, memory = both[:, 0, 0], both[:, 1:]
         else:
             u, memory = self.encode(queries, self.B)[:, 0], self.encode(stories, self.E)
-        if self.temporal:  # (B, M, n, d): + T_k(i) on the real slots; an empty slot stays a zero vector
-            memory = memory + self.T[time] * real[..., None, None]
+        if self.temporal:  # (B, M, n, d): + l_{J+1} . T_k(i) on the real slots; an empty slot stays a zero vector
+            memory = memory + self.l_time * self.T[time] * real[..., None, None]
         attention = []
         for k in range(self.hops):
             m, c = (memory[:, :, k], memory[:, :, k + 1]) if adjacent else (memory[:, :, 0], memory[:, :, 1])
@@ -119,3 +130,17 @@ class EndToEndMemoryNetwork(nn.Module):
             attention.append(p)
         W = self.E[:, -1] if adjacent else self.W  # W^T = C^K
         return u @ W.T, torch.stack(attention, dim=1)  # eq. 3 (the softmax is in the loss)
+
+    def clip_grad_norm_per_matrix_(self, max_norm: float) -> None:
+        """Scales every weight matrix's gradient to an l2 norm of at most ``max_norm``, each matrix on its own, as
+        the authors' code clips (sec. 4.2 gives the norm, 40). There an embedding E_k and its time rows T_k are one
+        lookup table, so they share a norm; B, W and H (layer-wise tying) are matrices of their own."""
+        if self.E.grad is None:
+            return
+        T = self.T.grad
+        groups = [[self.E.grad[:, k]] + ([] if T is None else [T[:, k]]) for k in range(self.E.shape[1])]
+        groups += [[p.grad] for name, p in self.named_parameters() if name not in ("E", "T") and p.grad is not None]
+        for grads in groups:
+            norm = sum(g.pow(2).sum() for g in grads).sqrt()
+            for g in grads:
+                g.mul_((max_norm / norm).clamp(max=1.0))  # in place: E's and T's slices are views of their grads
