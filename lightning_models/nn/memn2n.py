@@ -119,7 +119,7 @@ class EndToEndMemoryNetwork(nn.Module):
         else:
             u, memory = self.encode(queries, self.B)[:, 0], self.encode(stories, self.E)
         if self.temporal:  # (B, M, n, d): + l_{J+1} . T_k(i) on the real slots; an empty slot stays a zero vector
-            memory = memory + self.l_time * self.T[time] * real[..., None, None]
+            memory = memory + (self.l_time * self.T)[time] * real[..., None, None]  # weighs the table, not the batch
         attention = []
         for k in range(self.hops):
             m, c = (memory[:, :, k], memory[:, :, k + 1]) if adjacent else (memory[:, :, 0], memory[:, :, 1])
@@ -135,12 +135,11 @@ class EndToEndMemoryNetwork(nn.Module):
         """Scales every weight matrix's gradient to an l2 norm of at most ``max_norm``, each matrix on its own, as
         the authors' code clips (sec. 4.2 gives the norm, 40). There an embedding E_k and its time rows T_k are one
         lookup table, so they share a norm; B, W and H (layer-wise tying) are matrices of their own."""
-        if self.E.grad is None:
-            return
-        T = self.T.grad
-        groups = [[self.E.grad[:, k]] + ([] if T is None else [T[:, k]]) for k in range(self.E.shape[1])]
-        groups += [[p.grad] for name, p in self.named_parameters() if name not in ("E", "T") and p.grad is not None]
-        for grads in groups:
-            norm = sum(g.pow(2).sum() for g in grads).sqrt()
-            for g in grads:
-                g.mul_((max_norm / norm).clamp(max=1.0))  # in place: E's and T's slices are views of their grads
+        tables = [p.grad for p in (self.E, self.T) if p.grad is not None]  # (V or M, n, d): table k is [:, k]
+        if tables:
+            norms = sum(g.pow(2).sum((0, 2)) for g in tables).sqrt()  # (n,): the norm of E_k and T_k together
+            for g in tables:
+                g.mul_((max_norm / norms).clamp(max=1.0)[:, None])
+        for name, p in self.named_parameters():  # B, W and H with layer-wise tying
+            if name not in ("E", "T") and p.grad is not None:
+                p.grad.mul_((max_norm / p.grad.norm()).clamp(max=1.0))
