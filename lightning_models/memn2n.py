@@ -2,9 +2,10 @@
 
 The net is ``lightning_models.nn.memn2n.EndToEndMemoryNetwork``. Training follows the paper's protocol (sec. 4.2)
 as its Matlab code runs it: plain SGD on the cross-entropy summed over a batch of 32, gradient norms clipped at 40
-(the Trainer's ``gradient_clip_val``, every weight matrix on its own as the code does), linear start (LS) for the first epochs at a constant rate, then the rate
-halved every 25 epochs; random noise (RN) in the temporal indices while training. The error is reported per task
-(in %), with the mean over tasks and the number of failed tasks (error > 5%).
+(the Trainer's ``gradient_clip_val``; every weight matrix on its own, as the code does), linear start (LS) for the
+first epochs at a constant rate, then the rate halved every 25 epochs; random noise (RN) in the temporal indices
+while training. The error is reported per task (in %), with the mean over tasks and the number of failed tasks
+(error > 5%).
 """
 
 from typing import Literal
