@@ -140,6 +140,6 @@ class EndToEndMemoryNetwork(nn.Module):
             norms = sum(g.pow(2).sum((0, 2)) for g in tables).sqrt()  # (n,): the norm of E_k and T_k together
             for g in tables:
                 g.mul_((max_norm / norms).clamp(max=1.0)[:, None])
-        for name, p in self.named_parameters():  # B, W and H with layer-wise tying
-            if name not in ("E", "T") and p.grad is not None:
-                p.grad.mul_((max_norm / p.grad.norm()).clamp(max=1.0))
+        for name, p in self.named_parameters():  # B, W and H with layer-wise tying: whole matrices, torch's clip
+            if name not in ("E", "T"):
+                torch.nn.utils.clip_grad_norm_(p, max_norm)
