@@ -9,28 +9,25 @@ logistic regression fit on the 55,000 training codes), mean code activation, the
 """
 
 import argparse
-import importlib
-import os
-import time
-from pathlib import Path
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-import yaml
 from torchmetrics.functional import accuracy
 
+from common import QUIET, REPO, Timer, build_run, default_data_dir, report
 from datamodules import MNISTDataModule
 from lightning_models.nn.autoencoders import jacobian_frobenius_sq, reconstruction_error
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIGS = ["ae_mnist", "dae_mnist", "sparse_ae_mnist", "ksparse_ae_mnist", "cae_mnist", "vae_mnist"]
 
 
-def model_from_config(name: str):
-    model = yaml.safe_load((REPO / "configs" / f"{name}.yaml").read_text())["model"]
-    module, _, cls = model["class_path"].rpartition(".")
-    return getattr(importlib.import_module(module or "lightning_models"), cls)(**model.get("init_args", {}))
+def models_from_config(name: str):
+    """Two models of the config (its nets and optimiser), drawn one after the other from its seed: the first
+    stays untrained (the baseline), the second is trained."""
+    config = REPO / "configs" / f"{name}.yaml"
+    baseline = build_run(config, QUIET).model  # seeds with the config's seed_everything
+    return baseline, build_run(config, QUIET + ["--seed_everything=false"]).model  # the next draw, not a copy
 
 
 @torch.no_grad()
@@ -79,7 +76,7 @@ def evaluate(model, dm) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", default=os.environ.get("DL4_DATA_DIR", "./data"))
+    parser.add_argument("--data_dir", default=default_data_dir())
     parser.add_argument("--epochs", type=int, default=10)
     args = parser.parse_args()
     torch.set_flush_denormal(True)
@@ -88,25 +85,21 @@ def main():
     dm.setup()
     rows = []
     for name in CONFIGS:
-        L.seed_everything(0, verbose=False)
-        baseline = evaluate(model_from_config(name), dm)
-        model = model_from_config(name)
-        start = time.perf_counter()
-        L.Trainer(max_epochs=args.epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                  enable_model_summary=False, limit_val_batches=0).fit(model, dm)
-        minutes = (time.perf_counter() - start) / 60
-        trained = evaluate(model, dm)
-        rows.append((name, type(model).__name__, trained, baseline, minutes))
-        print(name, trained, "untrained:", baseline, f"{minutes:.1f} min", flush=True)
+        untrained, model = models_from_config(name)
+        baseline = evaluate(untrained, dm)
+        with Timer() as timer:
+            L.Trainer(max_epochs=args.epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, limit_val_batches=0).fit(model, dm)
+        t = evaluate(model, dm)
+        print(name, t, "untrained:", baseline, f"{timer.seconds / 60:.1f} min", flush=True)
+        rows.append([name, type(model).__name__, t["code_dim"], f"{t['recon']:.1f}",
+                     f"{100 * t['probe']:.2f}% ({100 * baseline['probe']:.2f}%)", f"{t['mean_act']:.3f}",
+                     f"{100 * t['zero_frac']:.1f}%", f"{t['jacobian']:.2f} ({baseline['jacobian']:.2f})",
+                     f"{timer.seconds / 60:.1f} min"])
 
     print(f"\nMNIST test set, {args.epochs} epochs each, batch 128, Adam; untrained = same architecture at init")
-    print("| config | model | code | test recon (nats) | linear probe acc (untrained) | mean abs activation "
-          "| near-zero units | mean ‖J‖_F (untrained) | train time |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, cls, t, b, minutes in rows:
-        print(f"| {name} | {cls} | {t['code_dim']} | {t['recon']:.1f} | {100 * t['probe']:.2f}% "
-              f"({100 * b['probe']:.2f}%) | {t['mean_act']:.3f} | {100 * t['zero_frac']:.1f}% "
-              f"| {t['jacobian']:.2f} ({b['jacobian']:.2f}) | {minutes:.1f} min |")
+    report("autoencoders", ["config", "model", "code", "test recon (nats)", "linear probe acc (untrained)",
+                            "mean abs activation", "near-zero units", "mean ‖J‖_F (untrained)", "train time"], rows)
 
 
 if __name__ == "__main__":

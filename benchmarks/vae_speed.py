@@ -22,9 +22,12 @@ from torchvision import datasets, transforms
 from datamodules import MNISTDataModule
 from dl4.cli import configure_runtime
 from lightning_models import VAE
-from lightning_models.nn.autoencoders import adam
+from lightning_models.nn.autoencoders import adam, mirrored_mlps
 
-SIZE = dict(latent_dim=20, hidden_dims=(400,), activation="relu", likelihood="bernoulli")
+
+def vae():
+    """The pytorch/examples VAE's size: 784-400-20 (ReLU), Bernoulli likelihood."""
+    return VAE(*mirrored_mlps((400,), 20, "relu", encoder_outputs=2), likelihood="bernoulli")
 
 
 class EpochTimer(L.Callback):
@@ -46,7 +49,7 @@ def sync(device):
 
 def plain_loop(dm, epochs, device="cpu"):
     """The same model, data and optimiser in a hand-written loop: the floor Lightning is measured against."""
-    model = VAE(**SIZE).to(device)
+    model = vae().to(device)
     opt = adam(model, 1e-3)
     times = []
     for _ in range(epochs):
@@ -70,7 +73,7 @@ def lightning_fit(dm, epochs, full, accelerator="cpu"):
                         enable_progress_bar=full, enable_checkpointing=full,
                         enable_model_summary=False, limit_val_batches=0, callbacks=[timer],
                         default_root_dir="/tmp/dl4-bench")
-    trainer.fit(VAE(**SIZE), dm)
+    trainer.fit(vae(), dm)
     if full:
         import wandb
         wandb.finish()
@@ -81,7 +84,7 @@ def examples_recipe(data_dir, epochs, device="cpu"):
     """pytorch/examples vae/main.py: torchvision MNIST, transforms.ToTensor per sample, DataLoader collation."""
     loader = DataLoader(datasets.MNIST(data_dir, train=True, transform=transforms.ToTensor()), batch_size=128,
                         shuffle=True, num_workers=1)
-    model = VAE(**SIZE).to(device)
+    model = vae().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     times = []
     for _ in range(epochs):

@@ -30,7 +30,7 @@ class PriorSamples(EveryNEpochs):
 
     def draw(self, trainer, pl_module, x):
         g = torch.Generator().manual_seed(self.seed)
-        z = torch.randn(self.num_samples, pl_module.hparams.latent_dim, generator=g).to(pl_module.device)
+        z = torch.randn(self.num_samples, pl_module.latent_dim, generator=g).to(pl_module.device)
         log_image(trainer, "media/prior_samples", image_grid(pl_module.sample(z=z)), "x ~ p(x|z), z ~ N(0, I)")
 
 

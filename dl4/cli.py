@@ -10,6 +10,7 @@ WANDB_MODE; an offline run never touches the network and can be uploaded later w
 
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -65,6 +66,13 @@ class DL4CLI(LightningCLI):
         parser.add_argument("--float32_matmul_precision", type=Literal["highest", "high", "medium"],
                             default="highest", help="torch.set_float32_matmul_precision: 'high'/'medium' let "
                             "matrix products use TF32 (NVIDIA) or bfloat16 (CPUs with AMX) internally")
+
+    def _add_configure_optimizers_method_to_model(self, subcommand):
+        # A model's own configure_optimizers is its default for use without the CLI; the config's `optimizer:` and
+        # `lr_scheduler:` keys replace it, which is what they are for, so Lightning's warning about it is silenced.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*configure_optimizers` will be overridden")
+            super()._add_configure_optimizers_method_to_model(subcommand)
 
     def before_instantiate_classes(self):
         config = self.config.get(self.subcommand, self.config)

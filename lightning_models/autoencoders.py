@@ -4,15 +4,15 @@ Every model is x -> h = phi(x) -> x_hat = psi(h), trained on reconstruction erro
 the building blocks are in ``lightning_models.nn.autoencoders``.
 """
 
-from collections.abc import Sequence
 from typing import Literal
 
 import lightning as L
 import torch
+from torch import nn
 from torchmetrics import MeanMetric
 
-from lightning_models.nn.autoencoders import (Decoder, Encoder, adam, contractive_penalty_sigmoid,
-                                              gaussian_noise, jacobian_frobenius_sq, kl_sparsity, masking_noise,
+from lightning_models.nn.autoencoders import (Encoder, adam, contractive_penalty_sigmoid, gaussian_noise,
+                                              jacobian_frobenius_sq, kl_sparsity, masking_noise, mirrored_mlps,
                                               reconstruction_error, top_k)
 from lightning_models.train_logging import log_train_metrics
 
@@ -20,23 +20,29 @@ from lightning_models.train_logging import log_train_metrics
 class Autoencoder(L.LightningModule):
     """Minimise ||x - psi(phi(x))||^2, or the Bernoulli cross-entropy for (near-)binary data.
 
+    The optimiser comes from the config's ``optimizer:`` key (LightningCLI); without one, Adam at 1e-3.
+
     Args:
-        hidden_dims: hidden layer sizes of the encoder (the decoder mirrors them).
-        code_dim: size of the code h.
-        activation: nonlinearity of the hidden layers.
-        code_activation: nonlinearity of the code layer.
+        encoder: phi, images (B, C, H, W) -> codes (B, code_dim); default ``Encoder`` 784-512-256-32 (ReLU).
+        decoder: psi, codes -> pixel logits (B, C, H, W); default the mirrored ``Decoder``.
         loss: ``bce`` or ``mse`` reconstruction error, summed over pixels, averaged over images.
-        lr: Adam learning rate.
-        input_shape: (C, H, W) of the images.
     """
 
-    def __init__(self, hidden_dims: Sequence[int] = (512, 256), code_dim: int = 32, activation: str = "relu",
-                 code_activation: str = "identity", loss: Literal["bce", "mse"] = "bce", lr: float = 1e-3,
-                 input_shape: Sequence[int] = (1, 28, 28)):
+    default_nets = dict(hidden_dims=(512, 256), code_dim=32)  # the nets built when none are passed
+
+    def __init__(self, encoder: nn.Module | None = None, decoder: nn.Module | None = None,
+                 loss: Literal["bce", "mse"] = "bce"):
         super().__init__()
         self.save_hyperparameters()
-        self.encoder = Encoder(input_shape, hidden_dims, code_dim, activation, code_activation)
-        self.decoder = Decoder(code_dim, list(reversed(hidden_dims)), input_shape, activation)
+        if encoder is None and decoder is None:
+            encoder, decoder = mirrored_mlps(**self.default_nets)
+        elif encoder is None or decoder is None:
+            raise ValueError("model.init_args: pass both encoder and decoder, or neither (the default nets)")
+        code_dims = getattr(encoder, "code_dim", None), getattr(decoder, "code_dim", None)
+        if None not in code_dims and code_dims[0] != code_dims[1]:
+            raise ValueError(f"model.init_args.encoder.init_args.code_dim ({code_dims[0]}) and "
+                             f"decoder.init_args.code_dim ({code_dims[1]}) differ: the decoder reads the encoder's code")
+        self.encoder, self.decoder = encoder, decoder
         self.val_recon, self.test_recon = MeanMetric(), MeanMetric()
 
     # --- the model, usable without a trainer ---
@@ -81,8 +87,8 @@ class Autoencoder(L.LightningModule):
     def predict_step(self, batch, batch_idx):
         return self.encode(batch[0])
 
-    def configure_optimizers(self):
-        return adam(self, self.hparams.lr)
+    def configure_optimizers(self):  # the default; the CLI's ``optimizer:`` key replaces it
+        return adam(self, 1e-3)
 
 
 class DenoisingAutoencoder(Autoencoder):
@@ -93,8 +99,10 @@ class DenoisingAutoencoder(Autoencoder):
         noise_level: the masking rate, or the Gaussian noise's standard deviation.
     """
 
-    def __init__(self, noise: Literal["mask", "gaussian"] = "mask", noise_level: float = 0.3, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, noise: Literal["mask", "gaussian"] = "mask", noise_level: float = 0.3,
+                 encoder: nn.Module | None = None, decoder: nn.Module | None = None,
+                 loss: Literal["bce", "mse"] = "bce"):
+        super().__init__(encoder, decoder, loss)
         self.save_hyperparameters()
 
     def corrupt(self, x):
@@ -109,13 +117,18 @@ class SparseAutoencoder(Autoencoder):
     Args:
         rho: target mean activation of every code unit.
         beta: weight of the sparsity penalty.
-        hidden_dims: hidden layers before the code (none: one layer, as in the lecture).
-        code_dim: code size, larger than the 784 inputs.
+        encoder, decoder: default one layer of 1000 sigmoid units (larger than the 784 inputs), as in the lecture;
+            the code must lie in [0, 1] (``code_activation: sigmoid``).
     """
 
-    def __init__(self, rho: float = 0.05, beta: float = 3.0, hidden_dims: Sequence[int] = (), code_dim: int = 1000,
-                 **kwargs):
-        super().__init__(hidden_dims=hidden_dims, code_dim=code_dim, code_activation="sigmoid", **kwargs)
+    default_nets = dict(hidden_dims=(), code_dim=1000, code_activation="sigmoid")
+
+    def __init__(self, rho: float = 0.05, beta: float = 3.0, encoder: nn.Module | None = None,
+                 decoder: nn.Module | None = None, loss: Literal["bce", "mse"] = "bce"):
+        super().__init__(encoder, decoder, loss)
+        if getattr(self.encoder, "code_activation", "sigmoid") != "sigmoid":
+            raise ValueError("model.init_args.encoder.init_args.code_activation must be sigmoid: the KL sparsity "
+                             "penalty reads the code as mean activations in [0, 1]")
         self.save_hyperparameters()
 
     def penalty(self, x, h):
@@ -127,12 +140,15 @@ class KSparseAutoencoder(Autoencoder):
 
     Args:
         k: code units kept per image.
-        hidden_dims: hidden layers before the code.
-        code_dim: code size.
+        encoder, decoder: default one linear layer of 1000 code units and its mirror.
     """
 
-    def __init__(self, k: int = 25, hidden_dims: Sequence[int] = (), code_dim: int = 1000, **kwargs):
-        super().__init__(hidden_dims=hidden_dims, code_dim=code_dim, **kwargs)
+    default_nets = dict(hidden_dims=(), code_dim=1000)
+
+    def __init__(self, k: int = 25, encoder: nn.Module | None = None, decoder: nn.Module | None = None,
+                 loss: Literal["bce", "mse"] = "bce"):
+        super().__init__(encoder, decoder, loss)
+        code_dim = getattr(self.encoder, "code_dim", k)
         if not 0 < k <= code_dim:
             raise ValueError(f"model.k must be in 1..code_dim={code_dim}, got {k}")
         self.save_hyperparameters()
@@ -147,17 +163,20 @@ class ContractiveAutoencoder(Autoencoder):
     Args:
         contraction: lambda, the weight of the Jacobian penalty.
         jacobian: ``closed_form`` (one sigmoid encoder layer, the paper's setting) or ``autograd`` (any encoder).
-        hidden_dims: hidden layers before the code.
-        code_dim: code size.
-        code_activation: nonlinearity of the code layer.
+        encoder, decoder: default one layer of 1000 sigmoid units and its mirror.
     """
 
+    default_nets = dict(hidden_dims=(), code_dim=1000, code_activation="sigmoid")
+
     def __init__(self, contraction: float = 0.1, jacobian: Literal["closed_form", "autograd"] = "closed_form",
-                 hidden_dims: Sequence[int] = (), code_dim: int = 1000, code_activation: str = "sigmoid", **kwargs):
-        if jacobian == "closed_form" and (len(hidden_dims) > 0 or code_activation != "sigmoid"):
-            raise ValueError("model.jacobian='closed_form' needs one sigmoid encoder layer (hidden_dims: [], "
-                             "code_activation: sigmoid); use jacobian: autograd for other encoders")
-        super().__init__(hidden_dims=hidden_dims, code_dim=code_dim, code_activation=code_activation, **kwargs)
+                 encoder: nn.Module | None = None, decoder: nn.Module | None = None,
+                 loss: Literal["bce", "mse"] = "bce"):
+        one_sigmoid_layer = encoder is None or (isinstance(encoder, Encoder) and not encoder.hidden_dims
+                                                and encoder.code_activation == "sigmoid")
+        if jacobian == "closed_form" and not one_sigmoid_layer:
+            raise ValueError("model.jacobian='closed_form' needs one sigmoid encoder layer (an Encoder with "
+                             "hidden_dims: [] and code_activation: sigmoid); use jacobian: autograd for other encoders")
+        super().__init__(encoder, decoder, loss)
         self.save_hyperparameters()
 
     def penalty(self, x, h):

@@ -3,14 +3,14 @@
 Trained on -ELBO = KL(q(z|x) || p(z)) - E_q[log p(x|z)]; tested on -ELBO and the importance-weighted NLL.
 """
 
-from collections.abc import Sequence
 from typing import Literal
 
 import lightning as L
 import torch
+from torch import nn
 from torchmetrics import MeanMetric
 
-from lightning_models.nn.autoencoders import Decoder, Encoder, adam
+from lightning_models.nn.autoencoders import adam, mirrored_mlps
 from lightning_models.nn.vae import gaussian_kl, importance_weighted_nll, log_likelihood, reparameterize
 from lightning_models.train_logging import log_train_metrics
 
@@ -18,27 +18,38 @@ from lightning_models.train_logging import log_train_metrics
 class VAE(L.LightningModule):
     """Gaussian encoder q(z|x) = N(mu(x), diag sigma^2(x)), prior N(0, I), MLP decoder p(x|z).
 
+    The optimiser comes from the config's ``optimizer:`` key (LightningCLI); without one, Adam at 1e-3.
+
     Args:
-        latent_dim: size of z.
-        hidden_dims: hidden layers of the encoder (the decoder mirrors them).
-        activation: hidden nonlinearity.
+        encoder: images -> (B, 2 latent_dim): the mean and log-variance of q(z|x), concatenated; default an
+            ``Encoder`` 784-200-200-(2 x 50) (tanh), the one-stochastic-layer VAE of Burda et al. 2016.
+        decoder: z (B, latent_dim) -> pixel logits (B, C, H, W), two channels (mean, log-variance) for the
+            ``gaussian`` likelihood; default the mirrored ``Decoder``. Its ``code_dim`` is the latent size.
         likelihood: ``bernoulli`` (binarised data) or ``gaussian`` (per-pixel mean and variance).
-        lr: Adam learning rate.
         iw_samples: k of the importance-weighted NLL reported at test time.
         iw_rows: (sample, image) pairs the decoder sees at once in that estimate (a few thousand on a CPU, more on a GPU).
-        input_shape: (C, H, W) of the images.
     """
 
-    def __init__(self, latent_dim: int = 50, hidden_dims: Sequence[int] = (200, 200), activation: str = "tanh",
-                 likelihood: Literal["bernoulli", "gaussian"] = "bernoulli", lr: float = 1e-3,
-                 iw_samples: int = 1000, iw_rows: int = 2048, input_shape: Sequence[int] = (1, 28, 28)):
+    def __init__(self, encoder: nn.Module | None = None, decoder: nn.Module | None = None,
+                 likelihood: Literal["bernoulli", "gaussian"] = "bernoulli", iw_samples: int = 1000,
+                 iw_rows: int = 2048):
         super().__init__()
         # evaluation settings stay out of the checkpoint, so `dl4 test --ckpt_path ... --model.iw_samples=5000` applies
         self.save_hyperparameters(ignore=["iw_samples", "iw_rows"])
         self.iw_samples, self.iw_rows = iw_samples, iw_rows
-        self.encoder = Encoder(input_shape, hidden_dims, 2 * latent_dim, activation)
         out_channels = 2 if likelihood == "gaussian" else 1
-        self.decoder = Decoder(latent_dim, list(reversed(hidden_dims)), input_shape, activation, out_channels)
+        if encoder is None and decoder is None:
+            encoder, decoder = mirrored_mlps((200, 200), 50, "tanh", encoder_outputs=2, out_channels=out_channels)
+        elif encoder is None or decoder is None:
+            raise ValueError("model.init_args: pass both encoder and decoder, or neither (the default nets)")
+        self.latent_dim = decoder.code_dim
+        if getattr(encoder, "code_dim", 2 * self.latent_dim) != 2 * self.latent_dim:
+            raise ValueError(f"model.init_args.encoder.init_args.code_dim must be 2 x the decoder's code_dim "
+                             f"({2 * self.latent_dim}: a mean and a log-variance per latent), got {encoder.code_dim}")
+        if getattr(decoder, "out_channels", out_channels) != out_channels:
+            raise ValueError(f"model.init_args.decoder.init_args.out_channels must be {out_channels} for the "
+                             f"{likelihood} likelihood, got {decoder.out_channels}")
+        self.encoder, self.decoder = encoder, decoder
         self.val_elbo, self.test_elbo, self.test_iw_nll = MeanMetric(), MeanMetric(), MeanMetric()
 
     def encode_distribution(self, x):
@@ -61,7 +72,7 @@ class VAE(L.LightningModule):
     def sample(self, n: int | None = None, z: torch.Tensor | None = None):
         """Mean images decoded from z ~ p(z) = N(0, I) (or from the given z)."""
         if z is None:
-            z = torch.randn(n, self.hparams.latent_dim, device=self.device)
+            z = torch.randn(n, self.latent_dim, device=self.device)
         return self.decode(z)
 
     def negative_elbo(self, x):
@@ -91,5 +102,5 @@ class VAE(L.LightningModule):
     def predict_step(self, batch, batch_idx):
         return self.encode(batch[0])
 
-    def configure_optimizers(self):
-        return adam(self, self.hparams.lr)
+    def configure_optimizers(self):  # the default; the CLI's ``optimizer:`` key replaces it
+        return adam(self, 1e-3)

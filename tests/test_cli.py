@@ -100,7 +100,7 @@ def test_fit_then_test_logs_scalars_images_and_config_to_offline_wandb(tmp_path,
             assert png.size == (logged[-1][f"{image}/width"], logged[-1][f"{image}/height"]) and png.size[0] > 100
     cfg = run_config(run_dir)
     assert cfg["model"]["class_path"] == "lightning_models.VAE" and cfg["seed_everything"] == 0
-    assert yaml.safe_load((run_dir / "files" / "config.yaml").read_text())["model"]["init_args"]["latent_dim"] == 50
+    assert yaml.safe_load((run_dir / "files" / "config.yaml").read_text())["model"]["init_args"]["decoder"]["init_args"]["code_dim"] == 50
 
     ckpt = next((tmp_path / "runs" / "dl4").glob("*/checkpoints/last.ckpt"))
     out = dl4("test", *common, "--ckpt_path", ckpt, "--model.init_args.iw_samples=20", "--trainer.limit_test_batches=2",
@@ -128,20 +128,20 @@ def _untouched(folder: Path) -> bool:
 def test_unknown_key_fails_fast_with_its_name(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     bad = yaml.safe_load((CONFIGS / "vae_mnist.yaml").read_text())
-    bad["model"]["init_args"]["latent_dimm"] = 3
+    bad["model"]["init_args"]["likelihod"] = "bernoulli"
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
     out = dl4("fit", "--config", tmp_path / "bad.yaml", cwd=tmp_path)
     assert out.returncode != 0
-    assert "latent_dimm" in out.stderr and "Traceback" not in out.stderr
+    assert "likelihod" in out.stderr and "Traceback" not in out.stderr
     (tmp_path / "bad.yaml").unlink()
     assert _untouched(tmp_path)
 
 
 def test_wrong_type_fails_fast_naming_the_key(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    out = dl4("fit", "--config", CONFIGS / "vae_mnist.yaml", "--model.init_args.latent_dim=fifty", cwd=tmp_path)
+    out = dl4("fit", "--config", CONFIGS / "vae_mnist.yaml", "--model.init_args.decoder.init_args.code_dim=fifty", cwd=tmp_path)
     assert out.returncode != 0
-    assert "latent_dim" in out.stderr and "fifty" in out.stderr and "Traceback" not in out.stderr
+    assert "code_dim" in out.stderr and "fifty" in out.stderr and "Traceback" not in out.stderr
     assert _untouched(tmp_path)
 
 

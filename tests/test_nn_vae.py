@@ -5,6 +5,7 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from lightning_models import VAE
+from lightning_models.nn.autoencoders import mirrored_mlps
 from lightning_models.nn.vae import gaussian_kl, importance_weighted_nll, log_likelihood, log_normal
 
 
@@ -35,7 +36,7 @@ def test_bernoulli_and_gaussian_likelihoods():
 def trained_vae(mnist):
     """A small VAE trained for a few hundred steps on binarised MNIST (fast, but far from its prior)."""
     torch.manual_seed(0)
-    model = VAE(latent_dim=10, hidden_dims=(200,), activation="relu")
+    model = VAE(*mirrored_mlps((200,), 10, "relu", encoder_outputs=2))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x_train = mnist.train_set.tensors[0][:20000].float() / 255
     for step in range(300):

@@ -33,11 +33,13 @@ def mlp(sizes: Sequence[int], activation: str = "relu", out_activation: str = "i
 
 
 class Encoder(nn.Module):
-    """h = phi(x): image (B, C, H, W) -> code (B, code_dim)."""
+    """h = phi(x): image (B, C, H, W) -> code (B, code_dim), an MLP with ``activation`` between its hidden layers
+    and ``code_activation`` on the code (``sigmoid`` for the sparse and contractive autoencoders)."""
 
-    def __init__(self, input_shape: Sequence[int], hidden_dims: Sequence[int], code_dim: int,
-                 activation: str = "relu", code_activation: str = "identity"):
+    def __init__(self, input_shape: Sequence[int] = (1, 28, 28), hidden_dims: Sequence[int] = (512, 256),
+                 code_dim: int = 32, activation: str = "relu", code_activation: str = "identity"):
         super().__init__()
+        self.code_dim, self.code_activation, self.hidden_dims = code_dim, code_activation, tuple(hidden_dims)
         n_in = int(torch.tensor(input_shape).prod())
         self.net = nn.Sequential(nn.Flatten(), mlp([n_in, *hidden_dims, code_dim], activation, code_activation))
 
@@ -50,11 +52,14 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """x_hat = psi(h): code (B, code_dim) -> pixel logits (B, *output_shape) (``out_channels`` values a pixel)."""
+    """x_hat = psi(h): code (B, code_dim) -> pixel logits (B, *output_shape) (``out_channels`` values a pixel: 2 for
+    the mean and log-variance of a Gaussian likelihood). List ``hidden_dims`` from the code up: (256, 512) mirrors
+    an encoder of (512, 256)."""
 
-    def __init__(self, code_dim: int, hidden_dims: Sequence[int], output_shape: Sequence[int],
-                 activation: str = "relu", out_channels: int = 1):
+    def __init__(self, code_dim: int = 32, hidden_dims: Sequence[int] = (256, 512),
+                 output_shape: Sequence[int] = (1, 28, 28), activation: str = "relu", out_channels: int = 1):
         super().__init__()
+        self.code_dim, self.out_channels = code_dim, out_channels
         shape = (output_shape[0] * out_channels, *output_shape[1:])
         n_out = int(torch.tensor(shape).prod())
         self.net = nn.Sequential(mlp([code_dim, *hidden_dims, n_out], activation), nn.Unflatten(1, shape))
@@ -65,6 +70,15 @@ class Decoder(nn.Module):
     @property
     def output_layer(self) -> nn.Linear:
         return self.net[0][-2]
+
+
+def mirrored_mlps(hidden_dims: Sequence[int], code_dim: int, activation: str = "relu",
+                  code_activation: str = "identity", input_shape: Sequence[int] = (1, 28, 28),
+                  encoder_outputs: int = 1, out_channels: int = 1) -> tuple[Encoder, Decoder]:
+    """An MLP encoder and the decoder that mirrors it (the lecture's autoencoder), built encoder first.
+    ``encoder_outputs``: values per code unit the encoder emits (2 for a VAE's mean and log-variance)."""
+    return (Encoder(input_shape, hidden_dims, encoder_outputs * code_dim, activation, code_activation),
+            Decoder(code_dim, list(reversed(hidden_dims)), input_shape, activation, out_channels))
 
 
 def adam(module: nn.Module, lr: float) -> torch.optim.Adam:
