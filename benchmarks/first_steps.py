@@ -7,6 +7,7 @@ parameters (the sum and the sum of absolute values, in float64), then writes the
 
     python benchmarks/first_steps.py --out benchmarks/results/first_steps.json          # record
     python benchmarks/first_steps.py --check benchmarks/results/first_steps.json        # compare, exit 1 if any differs
+    python benchmarks/first_steps.py --steps 40 --epoch_batches 3 --out benchmarks/results/first_epochs.json
 
 ``--check`` compares bit for bit and prints the largest relative difference where a config differs. The numbers are
 those of one machine (a CPU's kernels, a torch build): a record made elsewhere differs in its last digits.
@@ -46,12 +47,14 @@ class FirstSteps(L.Callback):
                            "param_abs_sum": float(sum(p.abs().sum() for p in params))})
 
 
-def record(config: Path, steps: int) -> list[dict]:
+def record(config: Path, steps: int, epoch_batches: int | None = None) -> list[dict]:
     probe = FirstSteps()
+    epochs = [f"--trainer.limit_train_batches={epoch_batches}", "--trainer.limit_val_batches=2"] if epoch_batches else []
     with tempfile.TemporaryDirectory() as root:
         cli = build_run(config, ["--trainer.logger=false", f"--trainer.max_steps={steps}",
                                  "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false",
-                                 "--trainer.enable_model_summary=false", f"--trainer.default_root_dir={root}"])
+                                 "--trainer.enable_model_summary=false", f"--trainer.default_root_dir={root}",
+                                 *epochs])
         cli.trainer.callbacks.append(probe)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     return probe.steps
@@ -75,6 +78,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("configs", nargs="*", help="config files (default: every configs/*.yaml)")
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--epoch_batches", type=int, help="epochs of this many batches (and 2 validation batches), "
+                        "so that the steps cross epoch ends: schedules, momentum ramps, validation")
     parser.add_argument("--out", type=Path, help="write the record here")
     parser.add_argument("--check", type=Path, help="compare with this record; exit 1 where a number differs")
     args = parser.parse_args()
@@ -83,7 +88,7 @@ def main():
     expected = json.loads(args.check.read_text()) if args.check else {}
     result, differ = {}, []
     for config in configs:
-        result[config.name] = steps = record(config, args.steps)
+        result[config.name] = steps = record(config, args.steps, args.epoch_batches)
         status = ""
         if args.check:
             same = expected.get(config.name) == steps

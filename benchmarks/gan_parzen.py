@@ -27,7 +27,7 @@ PAPER = [("DBN", 138, 2), ("Stacked CAE", 121, 1.6), ("Deep GSN", 214, 1.1), ("A
 def gan_samples(model: GAN, n: int, seed: int = 1) -> torch.Tensor:
     model.eval()
     g = torch.Generator().manual_seed(seed)
-    z = sample_noise(n, model.hparams.noise_dim, model.hparams.prior, generator=g)
+    z = sample_noise(n, model.noise_dim, model.hparams.prior, generator=g)
     return torch.cat([model.generator(zb) for zb in z.split(1000)])
 
 

@@ -29,6 +29,7 @@ from torchvision import datasets, transforms
 from datamodules import MNISTDataModule
 from dl4.cli import configure_runtime
 from lightning_models import GAN
+from lightning_models.nn.gan import MLPDiscriminator, MLPGenerator
 
 WARMUP = 50
 
@@ -100,9 +101,10 @@ def example_loader(data_dir, batch_size):
 
 
 def dl4_gan():
-    return GAN(noise_dim=100, prior="gaussian", architecture="mlp", g_hidden=[128, 256, 512, 1024],
-               g_activation="leaky_relu", g_batch_norm=True, d_hidden=[512, 256], d_activation="leaky_relu",
-               d_dropout=0.0, d_input_dropout=0.0, optimizer="adam", lr=2e-4)
+    """The Lightning example's nets as dl4 nets, with its optimisers (the GAN's default Adam(2e-4, (0.5, 0.999)))."""
+    return GAN(MLPGenerator(100, [128, 256, 512, 1024], activation="leaky_relu", batch_norm=True),
+               MLPDiscriminator(hidden_dims=[512, 256], activation="leaky_relu", dropout=0.0, input_dropout=0.0),
+               prior="gaussian")
 
 
 def fit(model, batches, root, **data):

@@ -1,9 +1,9 @@
 from callbacks.autoencoders import DecoderFilters, LatentInterpolation, PriorSamples, ReconstructionGrid
-from callbacks.gan import GANSamples, GANTrainingFigure, NoiseInterpolation
+from callbacks.gan import GANSamples, GANTrainingFigure, MomentumRamp, NoiseInterpolation
 from callbacks.media import EveryNEpochs, image_grid, log_image
 from callbacks.memn2n import MemN2NAttention
 from callbacks.ntm import CopyGeneralisation, NTMMemoryTrace
 
 __all__ = ["CopyGeneralisation", "DecoderFilters", "EveryNEpochs", "GANSamples", "GANTrainingFigure",
-           "LatentInterpolation", "MemN2NAttention", "NoiseInterpolation", "NTMMemoryTrace", "PriorSamples", "ReconstructionGrid",
+           "LatentInterpolation", "MemN2NAttention", "MomentumRamp", "NoiseInterpolation", "NTMMemoryTrace", "PriorSamples", "ReconstructionGrid",
            "image_grid", "log_image"]

@@ -4,6 +4,7 @@ Figure 1 (data density, generator density, D(x) and the mapping z -> x) as a ser
 Each callback draws every ``every_n_epochs`` validation epochs on global rank zero.
 """
 
+import lightning as L
 import torch
 
 from callbacks.media import EveryNEpochs, figure_to_image, image_grid, log_image, pyplot
@@ -12,7 +13,23 @@ from lightning_models.nn.gan import sample_noise
 
 def _fixed_noise(pl_module, n: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return sample_noise(n, pl_module.hparams.noise_dim, pl_module.hparams.prior, generator=g).to(pl_module.device)
+    return sample_noise(n, pl_module.noise_dim, pl_module.hparams.prior, generator=g).to(pl_module.device)
+
+
+class MomentumRamp(L.Callback):
+    """The paper's momentum schedule (pylearn2's ``MomentumAdjustor``): every optimiser's momentum rises linearly
+    from ``start`` at the first epoch to ``final`` at epoch ``saturate`` and stays there (0.5 to 0.7 by epoch 250
+    in the paper's code). Not a learning-rate schedule, so not a ``torch.optim.lr_scheduler``; set at the start of
+    every epoch from the epoch alone, so a resumed run continues it."""
+
+    def __init__(self, start: float = 0.5, final: float = 0.7, saturate: int = 250):
+        self.start, self.final, self.saturate = start, final, saturate
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        progress = min(1.0, trainer.current_epoch / max(1, self.saturate - 1))
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                group["momentum"] = self.start + progress * (self.final - self.start)
 
 
 class GANSamples(EveryNEpochs):

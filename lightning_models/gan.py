@@ -11,30 +11,40 @@ from typing import Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
 from torchmetrics import MeanMetric
 
-from lightning_models.nn.gan import (DCDiscriminator, DCGenerator, MLPDiscriminator, MLPGenerator, Prior,
-                                     discriminator_loss, generator_loss, sample_noise, uniform_init)
+from lightning_models.nn.gan import (MLPDiscriminator, MLPGenerator, Prior, discriminator_loss, generator_loss,
+                                     sample_noise, uniform_init)
 from lightning_models.nn.parzen import MNIST_SIGMAS, MeanStdErr, parzen_log_likelihood, select_sigma
 from lightning_models.train_logging import log_train_metrics
+
+
+def default_adam(params) -> torch.optim.Adam:
+    """Adam(2e-4, betas (0.5, 0.999)), the DCGAN recipe, fused where the parameters allow (one kernel for all)."""
+    params = list(params)
+    fused = all(p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.Adam(params, lr=2e-4, betas=(0.5, 0.999), fused=fused)
 
 
 class GAN(L.LightningModule):
     """Generator G(z) and discriminator D(x) playing the minimax game of eq. 1.
 
     Args:
-        noise_dim: size of z.
+        generator: G, noise (B, noise_dim) -> data; it must say its ``noise_dim``. Default the paper's
+            ``MLPGenerator`` (100-1200-1200-784, ReLU, sigmoid pixels); ``DCGenerator`` for convolutions.
+        discriminator: D, data -> one logit per example. Default the paper's ``MLPDiscriminator`` (maxout 240-240,
+            dropout); ``DCDiscriminator`` for convolutions.
         prior: p_z, ``uniform`` on [-sqrt 3, sqrt 3] or ``gaussian``.
-        architecture: ``mlp`` (the paper's fully connected nets) or ``dcgan`` (convolutional, 28x28 images).
-        g_hidden, g_activation, g_batch_norm: the MLP generator's hidden layers.
-        d_hidden, d_activation, maxout_pieces: the MLP discriminator's hidden layers (``maxout`` as the paper).
-        d_dropout, d_input_dropout: dropout in D's hidden layers and on its input (MLP).
-        output: G's output nonlinearity: ``sigmoid`` for pixels in [0, 1], ``identity`` for real-valued data.
-        data_shape: shape of one example, (C, H, W) for images.
         k_steps: discriminator steps per generator step (Algorithm 1's k).
         generator_objective: ``non_saturating`` (-log D(G(z))) or ``minimax`` (log(1 - D(G(z)))).
-        optimizer: ``adam`` or ``sgd`` (with ``momentum``, the paper's); ``lr_decay`` multiplies both learning
-            rates after every epoch.
+        d_optimizer, g_optimizer: each player's optimiser (``class_path: torch.optim.SGD`` and its ``init_args``
+            in the config); default Adam(2e-4, betas (0.5, 0.999)). The paper's code weighs D's objective by 1/2,
+            which is D's learning rate halved.
+        lr_scheduler: a schedule given to each player's optimiser, stepped after every epoch (e.g.
+            ``torch.optim.lr_scheduler.ExponentialLR``); none by default. The paper's momentum ramp is the
+            ``MomentumRamp`` callback.
         parzen_samples, parzen_valid, parzen_eval: the small Parzen protocol run after every validation epoch:
             that many samples from a fixed noise batch, sigma chosen on the first ``parzen_valid`` validation
             images and the log-likelihood averaged over the next ``parzen_eval``.
@@ -42,50 +52,41 @@ class GAN(L.LightningModule):
             1,000 validation images (train[50000:51000] with the datamodule's ``val_split: tail``), the mean
             log-likelihood of the test set.
         parzen_sigmas: the bandwidth grid (logspace(-1, 0, 10), the paper's for MNIST).
-        conv_width: channels of the DCGAN nets' first (D) and last (G) convolution.
         g_init_range, d_init_range: draw every weight of G (D) from U(-range, range), biases 0, as the paper's
-            code does (0.05 and 0.005); None keeps PyTorch's default initialisation.
+            code does (0.05 and 0.005); None keeps the nets' own initialisation.
         output_bias_from_data: start G's output biases at the logits of the training pixels' means
             (pylearn2's ``init_sigmoid_bias_from_marginals``), so the untrained G already draws the mean image.
-        d_lr_scale: D's learning rate is ``lr * d_lr_scale``; the paper's code weighs D's objective by 1/2
-            (0.5).
-        final_momentum, momentum_saturate: SGD's momentum rises linearly from ``momentum`` after the first epoch
-            to ``final_momentum`` at epoch ``momentum_saturate`` (the paper's code: 0.5 to 0.7 by epoch 250).
     """
 
-    def __init__(self, noise_dim: int = 100, prior: Prior = "uniform", architecture: Literal["mlp", "dcgan"] = "mlp",
-                 g_hidden: Sequence[int] = (1200, 1200), g_activation: str = "relu", g_batch_norm: bool = False,
-                 d_hidden: Sequence[int] = (240, 240), d_activation: str = "maxout", maxout_pieces: int = 5,
-                 d_dropout: float = 0.5, d_input_dropout: float = 0.2, output: Literal["sigmoid", "identity"] = "sigmoid",
-                 data_shape: Sequence[int] = (1, 28, 28), k_steps: int = 1,
+    def __init__(self, generator: nn.Module | None = None, discriminator: nn.Module | None = None,
+                 prior: Prior = "uniform", k_steps: int = 1,
                  generator_objective: Literal["non_saturating", "minimax"] = "non_saturating",
-                 optimizer: Literal["adam", "sgd"] = "adam", lr: float = 2e-4, betas: Sequence[float] = (0.5, 0.999),
-                 momentum: float = 0.5, lr_decay: float = 1.0, parzen_samples: int = 1000, parzen_valid: int = 300,
-                 parzen_eval: int = 1000, test_samples: int = 10000, test_valid: int = 1000,
-                 parzen_sigmas: Sequence[float] = tuple(MNIST_SIGMAS), conv_width: int = 64,
-                 g_init_range: float | None = None, d_init_range: float | None = None,
-                 output_bias_from_data: bool = False, d_lr_scale: float = 1.0, final_momentum: float | None = None,
-                 momentum_saturate: int = 250):
+                 d_optimizer: OptimizerCallable | None = None, g_optimizer: OptimizerCallable | None = None,
+                 lr_scheduler: LRSchedulerCallable | None = None, parzen_samples: int = 1000,
+                 parzen_valid: int = 300, parzen_eval: int = 1000, test_samples: int = 10000, test_valid: int = 1000,
+                 parzen_sigmas: Sequence[float] = tuple(MNIST_SIGMAS), g_init_range: float | None = None,
+                 d_init_range: float | None = None, output_bias_from_data: bool = False):
         super().__init__()
         if k_steps < 1:
             raise ValueError(f"model.k_steps must be at least 1, got {k_steps}")
         self.save_hyperparameters()
         self.automatic_optimization = False
-        if architecture == "dcgan":
-            self.generator = DCGenerator(noise_dim, data_shape, conv_width)
-            self.discriminator = DCDiscriminator(data_shape, conv_width)
-        else:
-            self.generator = MLPGenerator(noise_dim, g_hidden, data_shape, g_activation, g_batch_norm, output)
-            self.discriminator = MLPDiscriminator(data_shape, d_hidden, d_activation, maxout_pieces, d_dropout,
-                                                  d_input_dropout)
+        self.generator = MLPGenerator() if generator is None else generator
+        self.discriminator = MLPDiscriminator() if discriminator is None else discriminator
+        if not isinstance(getattr(self.generator, "noise_dim", None), int):
+            raise ValueError(f"model.init_args.generator ({type(self.generator).__name__}) must say its noise size "
+                             f"as an int attribute noise_dim")
+        self.noise_dim = self.generator.noise_dim
+        self.d_optimizer, self.g_optimizer = d_optimizer or default_adam, g_optimizer or default_adam
+        self.lr_scheduler = lr_scheduler
         for module, init_range in ((self.generator, g_init_range), (self.discriminator, d_init_range)):
             if init_range is not None:
                 uniform_init(module, init_range)
         if output_bias_from_data and not isinstance(self.generator, MLPGenerator):
-            raise ValueError("model.output_bias_from_data needs architecture: mlp (G's last layer is linear)")
+            raise ValueError("model.output_bias_from_data needs an MLPGenerator (its last layer is linear)")
         # a fixed noise batch: the training-time Parzen estimate and the sample grids compare across epochs
         fixed = torch.Generator().manual_seed(0)
-        self.register_buffer("fixed_z", sample_noise(parzen_samples, noise_dim, prior, generator=fixed),
+        self.register_buffer("fixed_z", sample_noise(parzen_samples, self.noise_dim, prior, generator=fixed),
                              persistent=False)
         self.val_d_real, self.val_d_fake, self.val_d_acc = MeanMetric(), MeanMetric(), MeanMetric()
         self.train_d_acc = MeanMetric()
@@ -112,18 +113,10 @@ class GAN(L.LightningModule):
             with torch.no_grad():
                 self.generator.output_layer.bias.copy_(torch.log(p / (1 - p)))  # sigmoid(bias) = mean pixel
 
-    def on_train_epoch_start(self) -> None:
-        hp = self.hparams
-        if hp.optimizer == "sgd" and hp.final_momentum is not None:  # pylearn2's MomentumAdjustor
-            progress = min(1.0, self.current_epoch / max(1, hp.momentum_saturate - 1))
-            for opt in self.optimizers():
-                for group in opt.param_groups:
-                    group["momentum"] = hp.momentum + progress * (hp.final_momentum - hp.momentum)
-
     # --- the game ---
 
     def noise(self, n: int) -> torch.Tensor:
-        return sample_noise(n, self.hparams.noise_dim, self.hparams.prior, device=self.device)
+        return sample_noise(n, self.noise_dim, self.hparams.prior, device=self.device)
 
     def sample(self, n: int | None = None, z: torch.Tensor | None = None) -> torch.Tensor:
         """x = G(z), z ~ p_z (or the given z)."""
@@ -218,7 +211,7 @@ class GAN(L.LightningModule):
                 break
         valid = torch.cat(valid)[: self.hparams.test_valid]
         g = torch.Generator(device=self.device).manual_seed(1)
-        z = sample_noise(self.hparams.test_samples, self.hparams.noise_dim, self.hparams.prior, self.device, g)
+        z = sample_noise(self.hparams.test_samples, self.noise_dim, self.hparams.prior, self.device, g)
         self._test_samples = torch.cat([self.generator(zb) for zb in z.split(1000)])
         self._test_sigma, self._sigma_curve = select_sigma(self._test_samples, valid, self.hparams.parzen_sigmas)
 
@@ -232,17 +225,7 @@ class GAN(L.LightningModule):
         self.test_parzen.reset()
 
     def configure_optimizers(self):
-        hp = self.hparams
-
-        def make(module, lr):
-            params = list(module.parameters())
-            if hp.optimizer == "sgd":
-                return torch.optim.SGD(params, lr=lr, momentum=hp.momentum)
-            fused = all(p.device.type in ("cpu", "cuda") for p in params)  # one kernel for all tensors
-            return torch.optim.Adam(params, lr=lr, betas=tuple(hp.betas), fused=fused)
-
-        opt_d, opt_g = make(self.discriminator, hp.lr * hp.d_lr_scale), make(self.generator, hp.lr)
-        if hp.lr_decay == 1.0:
+        opt_d, opt_g = self.d_optimizer(self.discriminator.parameters()), self.g_optimizer(self.generator.parameters())
+        if self.lr_scheduler is None:
             return [opt_d, opt_g]
-        schedulers = [torch.optim.lr_scheduler.ExponentialLR(opt, hp.lr_decay) for opt in (opt_d, opt_g)]
-        return [opt_d, opt_g], schedulers
+        return [opt_d, opt_g], [self.lr_scheduler(opt) for opt in (opt_d, opt_g)]

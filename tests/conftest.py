@@ -1,5 +1,7 @@
 import os
+import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -41,3 +43,13 @@ def mnist(mnist_root):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def build_from_config(config: str | Path, *overrides: str, logger: bool = False):
+    """The config's model, datamodule and trainer, built as `dl4 fit` builds them (``DL4CLI(run=False)``, so its
+    seed, nets and optimiser from the config); without a logger unless asked."""
+    from dl4.cli import DL4CLI
+
+    args = ["--config", str(config), *([] if logger else ["--trainer.logger=false"]), *overrides]
+    with mock.patch.object(sys, "argv", sys.argv[:1]):
+        return DL4CLI(args=args, run=False)

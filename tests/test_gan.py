@@ -1,25 +1,28 @@
 """The GAN: Algorithm 1's step counts, learning on real MNIST (Parzen estimate), the 1-D equilibrium of
 Figure 1, its pictures, and the full Parzen protocol through `dl4 test`."""
 
+import functools
 import re
 
 import lightning as L
 import pytest
 import torch
-import yaml
 from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
 
-from callbacks import GANSamples, GANTrainingFigure, NoiseInterpolation
-from conftest import CONFIGS
+from callbacks import GANSamples, GANTrainingFigure, MomentumRamp, NoiseInterpolation
+from conftest import CONFIGS, build_from_config
 from datamodules import MNISTDataModule, Toy1DDataModule
 from datamodules.mnist import load_mnist
 from lightning_models import GAN
+from lightning_models.nn.gan import DCGenerator, MLPDiscriminator, MLPGenerator
 from lightning_models.nn.parzen import parzen_evaluate
 from test_cli import ddp_fit, dl4
 
-SMALL = dict(g_hidden=[256, 256], d_hidden=[128], maxout_pieces=3, parzen_samples=200, parzen_valid=100,
-             parzen_eval=200)
+def small(**kw):
+    """The paper's nets at a quarter of their size: G 100-256-256-784, D maxout 128x3."""
+    return GAN(MLPGenerator(hidden_dims=[256, 256]), MLPDiscriminator(hidden_dims=[128], pieces=3),
+               parzen_samples=200, parzen_valid=100, parzen_eval=200, **kw)
 
 
 def trainer(**kw):
@@ -30,7 +33,7 @@ def trainer(**kw):
 
 @pytest.mark.parametrize("k", [1, 3])
 def test_k_discriminator_steps_per_generator_step(k, mnist):
-    model = GAN(k_steps=k, **SMALL)
+    model = small(k_steps=k)
     trainer(max_epochs=1, limit_train_batches=6, limit_val_batches=0).fit(model, mnist)
     d_opt, g_opt = (opt.optimizer for opt in model.optimizers())
     steps = [int(next(iter(opt.state.values()))["step"]) for opt in (d_opt, g_opt)]
@@ -49,7 +52,7 @@ def test_gan_learns_mnist_and_d_is_not_perfect(mnist):
     """300 D/G step pairs (batch 128, about 15 s): the small Parzen estimate (1,000 samples, 1,000 validation
     images) rises from the untrained generator's ~-250 nats by at least 80, and D still errs."""
     L.seed_everything(0)
-    model = GAN(**SMALL)
+    model = small()
     before = parzen_of(model, mnist)
     trainer(max_steps=600, limit_train_batches=300, limit_val_batches=0).fit(model.train(), mnist)
     after = parzen_of(model, mnist)
@@ -63,10 +66,10 @@ def test_one_dimensional_gan_reaches_the_equilibrium_of_figure_1(tmp_path):
     (the untrained G puts its mass near 0), and D(x) ~ 1/2 over the data; the Figure-1 picture is drawn.
     The 0.2 tolerance is the seed-to-seed spread of this config (seeds 0-3 gave means 1.86-1.98, stds 0.43-0.67);
     seed 0 lands at 1.88 and 0.45."""
-    L.seed_everything(0)
-    cfg = yaml.safe_load((CONFIGS / "gan_1d.yaml").read_text())
-    model, dm = GAN(**cfg["model"]["init_args"]), Toy1DDataModule(**cfg["data"]["init_args"])
-    trainer(max_epochs=cfg["trainer"]["max_epochs"], callbacks=[GANTrainingFigure(every_n_epochs=10)],
+    run = build_from_config(CONFIGS / "gan_1d.yaml")  # seeds 0, builds the config's nets and optimisers
+    model, dm = run.model, run.datamodule
+    assert isinstance(dm, Toy1DDataModule)
+    trainer(max_epochs=run.trainer.max_epochs, callbacks=[GANTrainingFigure(every_n_epochs=10)],
             logger=CSVLogger(tmp_path, name="run"), log_every_n_steps=20).fit(model, dm)
     model.eval()
     with torch.no_grad():
@@ -81,7 +84,7 @@ def test_one_dimensional_gan_reaches_the_equilibrium_of_figure_1(tmp_path):
 
 
 def test_sample_grids_use_the_same_noise_every_epoch(mnist, tmp_path):
-    model = GAN(**SMALL)
+    model = small()
     trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=1, logger=CSVLogger(tmp_path, name="run"),
             callbacks=[GANSamples(num_samples=16), NoiseInterpolation(num_pairs=2, steps=5)]).fit(model, mnist)
     media = tmp_path / "run" / "version_0" / "media"
@@ -128,14 +131,16 @@ def test_ddp_on_two_processes_trains_both_players_and_draws_once(tmp_path, mnist
 def test_the_papers_training_recipe(mnist_root):
     """goodfeli/adversarial's mnist.yaml: U(+-0.05) / U(+-0.005) weights, G's output biases at the data's pixel
     means, D's objective weighed by 1/2 (its lr halved), momentum rising linearly over epochs."""
-    model = GAN(**SMALL, g_init_range=0.05, d_init_range=0.005, output_bias_from_data=True, optimizer="sgd",
-                lr=1e-12, d_lr_scale=0.5, momentum=0.5, final_momentum=0.7, momentum_saturate=3)
+    sgd = lambda lr: functools.partial(torch.optim.SGD, lr=lr, momentum=0.5)  # noqa: E731
+    model = small(g_init_range=0.05, d_init_range=0.005, output_bias_from_data=True, d_optimizer=sgd(0.5e-12),
+                  g_optimizer=sgd(1e-12))
     for net, bound in ((model.generator, 0.05), (model.discriminator, 0.005)):
         weights = [m.weight for m in net.modules() if isinstance(m, torch.nn.Linear)]
         assert all(w.abs().max() <= bound for w in weights) and all(w.abs().max() > bound / 2 for w in weights)
     # batch 100 divides the 50,000 training images, so no batch is dropped and the means are those of all images
     mnist = MNISTDataModule(str(mnist_root), batch_size=100, val_size=10000, val_split="tail", download=False)
-    trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=0).fit(model, mnist)
+    trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=0,
+            callbacks=[MomentumRamp(start=0.5, final=0.7, saturate=3)]).fit(model, mnist)
     x_train, _ = load_mnist(str(mnist_root), True, download=False)
     means = x_train[:50000].double().div(255).mean(0).flatten().float()
     p = torch.sigmoid(model.generator.output_layer.bias.detach())
@@ -144,4 +149,4 @@ def test_the_papers_training_recipe(mnist_root):
     assert opt_d.param_groups[0]["lr"] == 0.5 * opt_g.param_groups[0]["lr"]
     assert opt_g.param_groups[0]["momentum"] == pytest.approx(0.6)  # epoch 1 of 0..2: halfway from 0.5 to 0.7
     with pytest.raises(ValueError, match="output_bias_from_data"):
-        GAN(architecture="dcgan", output_bias_from_data=True)
+        GAN(DCGenerator(), output_bias_from_data=True)

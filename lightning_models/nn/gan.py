@@ -75,9 +75,11 @@ class MLPGenerator(nn.Module):
     """G(z): noise -> hidden layers (``activation``, optionally batch-normalised) -> data, through ``output``
     (``sigmoid`` for pixels in [0, 1], ``identity`` for real-valued data)."""
 
-    def __init__(self, noise_dim: int, hidden_dims: Sequence[int], data_shape: Sequence[int],
-                 activation: str = "relu", batch_norm: bool = False, output: str = "sigmoid"):
+    def __init__(self, noise_dim: int = 100, hidden_dims: Sequence[int] = (1200, 1200),
+                 data_shape: Sequence[int] = (1, 28, 28), activation: str = "relu", batch_norm: bool = False,
+                 output: str = "sigmoid"):
         super().__init__()
+        self.noise_dim = noise_dim
         layers, n_in = [], noise_dim
         for i, n_out in enumerate(hidden_dims):
             layers.append(nn.Linear(n_in, n_out))
@@ -100,8 +102,8 @@ class MLPDiscriminator(nn.Module):
     """D(x) as a logit: data -> hidden layers of maxout (the paper) or another activation -> 1, with dropout on
     the input and on every hidden layer (the paper trains D with dropout)."""
 
-    def __init__(self, data_shape: Sequence[int], hidden_dims: Sequence[int], activation: str = "maxout",
-                 pieces: int = 5, dropout: float = 0.5, input_dropout: float = 0.2):
+    def __init__(self, data_shape: Sequence[int] = (1, 28, 28), hidden_dims: Sequence[int] = (240, 240),
+                 activation: str = "maxout", pieces: int = 5, dropout: float = 0.5, input_dropout: float = 0.2):
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()] + ([nn.Dropout(input_dropout)] if input_dropout else [])
         n_in = math.prod(data_shape)
@@ -123,8 +125,9 @@ class DCGenerator(nn.Module):
     """DCGAN-style G for 28x28 images (Radford et al. 2016): project z to 7x7 feature maps, then two fractionally
     strided convolutions (7 -> 14 -> 28) with batch norm and ReLU, sigmoid pixels."""
 
-    def __init__(self, noise_dim: int, data_shape: Sequence[int] = (1, 28, 28), width: int = 64):
+    def __init__(self, noise_dim: int = 100, data_shape: Sequence[int] = (1, 28, 28), width: int = 64):
         super().__init__()
+        self.noise_dim = noise_dim
         channels, height, _ = data_shape
         base = height // 4
         self.net = nn.Sequential(
