@@ -13,9 +13,11 @@ from typing import Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics import MeanMetric, Metric
 
 from lightning_models.nn.memn2n import EndToEndMemoryNetwork, random_time_gaps
+from lightning_models.schedules import HalvingLR
 from lightning_models.train_logging import log_train_metrics
 
 FAILED = 5.0  # a task with a test error above 5% counts as failed (Weston et al. 2015)
@@ -50,18 +52,21 @@ class MemN2N(L.LightningModule):
         clip_per_matrix: clip the gradient of every weight matrix to the Trainer's ``gradient_clip_val`` on its own,
             as the authors' code does (False: the norm of all gradients together, Lightning's way).
         time_as_word: see ``EndToEndMemoryNetwork``.
-        lr: the SGD learning rate (the authors' code uses 0.01, halved to 0.005 when LS is on), constant during
-            LS, then halved every ``lr_halve_every`` epochs.
+        optimizer: default plain SGD at 0.005 (the authors' code uses 0.01, halved to 0.005 when LS is on).
+        lr_scheduler: the schedule after linear start; it is built with ``after_epoch=linear_start_epochs``, so
+            it starts when LS ends. Default ``HalvingLR(every=25)``: constant during LS, then halved every 25 epochs.
     """
 
     def __init__(self, vocab_size: int | None = None, sentence_length: int | None = None,
                  memory_size: int | None = None, embedding_dim: int = 20, hops: int = 3,
                  encoding: Literal["position", "bow"] = "position", temporal: bool = True,
                  tying: Literal["adjacent", "layerwise"] = "adjacent", random_noise: float = 0.1,
-                 linear_start_epochs: int = 20, lr: float = 0.005, lr_halve_every: int = 25,
-                 clip_per_matrix: bool = True, time_as_word: bool = True):
+                 linear_start_epochs: int = 20, clip_per_matrix: bool = True, time_as_word: bool = True,
+                 optimizer: OptimizerCallable | None = None, lr_scheduler: LRSchedulerCallable | None = None):
         super().__init__()
         self.save_hyperparameters()
+        self.optimizer = optimizer or (lambda params: torch.optim.SGD(params, lr=0.005))
+        self.lr_scheduler = lr_scheduler or (lambda opt, after_epoch: HalvingLR(opt, 25, after_epoch))
         self.net: EndToEndMemoryNetwork | None = None
         if None not in (vocab_size, sentence_length, memory_size):
             self._build()
@@ -142,10 +147,5 @@ class MemN2N(L.LightningModule):
             super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self):
-        hp = self.hparams
-        opt = torch.optim.SGD(self.parameters(), lr=hp.lr)
-
-        def factor(epoch):  # constant during LS, then halved at the end of every lr_halve_every epochs
-            return 0.5 ** (max(0, epoch - hp.linear_start_epochs + 1) // hp.lr_halve_every)
-
-        return [opt], [torch.optim.lr_scheduler.LambdaLR(opt, factor)]
+        opt = self.optimizer(self.parameters())
+        return [opt], [self.lr_scheduler(opt, after_epoch=self.hparams.linear_start_epochs)]

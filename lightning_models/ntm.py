@@ -61,13 +61,14 @@ class PerLengthCost(Metric):
 
 
 class SequenceLearner(L.LightningModule):
-    """The training logic shared by the NTM and the LSTM: the cost, the metrics, convergence and the optimiser.
+    """The training logic shared by the NTM and the LSTM: the cost, the metrics, convergence and gradient clipping.
+
+    The optimiser and its schedule come from the config's ``optimizer:`` and ``lr_scheduler:`` keys (LightningCLI):
+    the paper's RMSprop is ``torch.optim.RMSprop`` with ``momentum: 0.9, alpha: 0.95``; a decay from some epoch on
+    is ``lightning_models.schedules.ExponentialLRFrom``. Without them, Adam at 1e-3.
 
     Args:
         input_size, output_size: the task's channels (the datamodule's ``input_size``/``output_size``).
-        optimizer: ``rmsprop`` (the paper's, with ``momentum``) or ``adam``.
-        lr: learning rate; ``lr_decay`` multiplies it after every epoch (``batches_per_epoch`` batches) from
-            epoch ``lr_decay_start`` on (the rate stays constant before, while the task is being learned).
         converged_bits: the validation cost (bits per sequence) below which the model counts as converged; the
             number of training sequences seen until then is logged as ``val/sequences_to_converge``.
         clip_percentile: AutoClip (Seetharaman et al. 2020): clip every gradient's norm to this percentile of the
@@ -77,9 +78,8 @@ class SequenceLearner(L.LightningModule):
             one odd direction, and the cost jumped back up after converging. ``None`` clips at the Trainer's value.
     """
 
-    def __init__(self, input_size: int = 9, output_size: int = 8, optimizer: Literal["rmsprop", "adam"] = "adam",
-                 lr: float = 1e-3, momentum: float = 0.9, lr_decay: float = 1.0, lr_decay_start: int = 0,
-                 converged_bits: float = 0.1, clip_percentile: float | None = None):
+    def __init__(self, input_size: int = 9, output_size: int = 8, converged_bits: float = 0.1,
+                 clip_percentile: float | None = None):
         super().__init__()
         if clip_percentile is not None and not 0 < clip_percentile <= 100:
             raise ValueError(f"model.clip_percentile must be in (0, 100], got {clip_percentile}")
@@ -150,16 +150,8 @@ class SequenceLearner(L.LightningModule):
     def on_test_epoch_end(self):
         self._log_costs("test")
 
-    def configure_optimizers(self):
-        hp = self.hparams
-        if hp.optimizer == "rmsprop":
-            opt = torch.optim.RMSprop(self.parameters(), lr=hp.lr, momentum=hp.momentum, alpha=0.95)
-        else:
-            opt = torch.optim.Adam(self.parameters(), lr=hp.lr)
-        if hp.lr_decay == 1.0:
-            return opt
-        start, decay = hp.lr_decay_start, hp.lr_decay
-        return [opt], [torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: decay ** max(0, epoch - start))]
+    def configure_optimizers(self):  # the default; the CLI's ``optimizer:`` and ``lr_scheduler:`` keys replace it
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         percentile = self.hparams.clip_percentile
@@ -193,11 +185,9 @@ class NTM(SequenceLearner):
     def __init__(self, input_size: int = 9, output_size: int = 8, controller: Literal["lstm", "feedforward"] = "lstm",
                  controller_size: int = 100, memory_rows: int = 128, memory_width: int = 20, read_heads: int = 1,
                  write_heads: int = 1, shift_range: int = 1, memory_init: MemoryInit = "constant",
-                 clip: float = 20.0, optimizer: Literal["rmsprop", "adam"] = "adam", lr: float = 1e-3,
-                 momentum: float = 0.9, lr_decay: float = 1.0, lr_decay_start: int = 0, converged_bits: float = 0.1,
-                 clip_percentile: float | None = None, compile: bool = False):
-        super().__init__(input_size, output_size, optimizer, lr, momentum, lr_decay, lr_decay_start, converged_bits,
-                         clip_percentile)
+                 clip: float = 20.0, converged_bits: float = 0.1, clip_percentile: float | None = None,
+                 compile: bool = False):
+        super().__init__(input_size, output_size, converged_bits, clip_percentile)
         self.save_hyperparameters()
         self.ntm = NeuralTuringMachine(input_size, output_size, controller, controller_size, memory_rows,
                                        memory_width, read_heads, write_heads, shift_range, memory_init, clip)
@@ -220,11 +210,8 @@ class LSTMBaseline(SequenceLearner):
     """The paper's LSTM baseline: ``num_layers`` stacked LSTM layers of ``hidden_size`` units (3 x 256 for copy)."""
 
     def __init__(self, input_size: int = 9, output_size: int = 8, hidden_size: int = 256, num_layers: int = 3,
-                 optimizer: Literal["rmsprop", "adam"] = "adam", lr: float = 1e-3, momentum: float = 0.9,
-                 lr_decay: float = 1.0, lr_decay_start: int = 0, converged_bits: float = 0.1,
-                 clip_percentile: float | None = None):
-        super().__init__(input_size, output_size, optimizer, lr, momentum, lr_decay, lr_decay_start, converged_bits,
-                         clip_percentile)
+                 converged_bits: float = 0.1, clip_percentile: float | None = None):
+        super().__init__(input_size, output_size, converged_bits, clip_percentile)
         self.save_hyperparameters()
         self.lstm = StackedLSTM(input_size, output_size, hidden_size, num_layers)
 
