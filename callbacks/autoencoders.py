@@ -1,47 +1,46 @@
 """Pictures of the autoencoder family: reconstructions, prior samples, latent interpolations and filters.
 
 Each callback draws every ``every_n_epochs`` validation epochs, on global rank zero, from a fixed batch: the
-first validation batch (the validation loader is not shuffled), so epochs are comparable.
+first validation images (``datamodule.fixed_batch``), so epochs are comparable.
 """
 
 import math
 
 import torch
 
-from callbacks.media import EveryNEpochs, image_grid, log_image
+from callbacks.media import EveryNEpochs, FixedNoiseSamples, image_grid, log_image
 
 
 class ReconstructionGrid(EveryNEpochs):
-    """Rows of inputs, (corrupted inputs for a denoising model,) and reconstructions."""
+    """Rows of inputs, (corrupted inputs for a denoising model,) and reconstructions of ``num_images`` images."""
 
-    def draw(self, trainer, pl_module, x):
+    def __init__(self, every_n_epochs: int = 1, num_images: int = 16):
+        super().__init__(every_n_epochs)
+        self.num_images = num_images
+
+    def draw(self, trainer, pl_module):
+        x = trainer.datamodule.fixed_batch(self.num_images, device=pl_module.device)[0]
         x_in = pl_module.corrupt(x) if hasattr(pl_module, "corrupt") else x
         rows = [x, x_in, pl_module(x_in)] if x_in is not x else [x, pl_module(x)]
         caption = "inputs / corrupted / reconstructions" if len(rows) == 3 else "inputs / reconstructions"
         log_image(trainer, "media/reconstructions", image_grid(torch.cat(rows).clamp(0, 1), nrow=len(x)), caption)
 
 
-class PriorSamples(EveryNEpochs):
-    """Decoded samples z ~ p(z) from a fixed noise batch (needs ``pl_module.sample(z=...)``)."""
+class PriorSamples(FixedNoiseSamples):
+    """A VAE's mean images decoded from a fixed batch z ~ p(z) = N(0, I)."""
 
-    def __init__(self, every_n_epochs: int = 1, num_samples: int = 64, seed: int = 0):
-        super().__init__(every_n_epochs, num_images=1)
-        self.num_samples, self.seed = num_samples, seed
-
-    def draw(self, trainer, pl_module, x):
-        g = torch.Generator().manual_seed(self.seed)
-        z = torch.randn(self.num_samples, pl_module.latent_dim, generator=g).to(pl_module.device)
-        log_image(trainer, "media/prior_samples", image_grid(pl_module.sample(z=z)), "x ~ p(x|z), z ~ N(0, I)")
+    key, caption = "media/prior_samples", "x ~ p(x|z), z ~ N(0, I)"
 
 
 class LatentInterpolation(EveryNEpochs):
     """decode((1 - t) h_a + t h_b) for pairs of validation images a, b and t from 0 to 1."""
 
     def __init__(self, every_n_epochs: int = 1, num_pairs: int = 4, steps: int = 10):
-        super().__init__(every_n_epochs, num_images=2 * num_pairs)
-        self.steps = steps
+        super().__init__(every_n_epochs)
+        self.num_pairs, self.steps = num_pairs, steps
 
-    def draw(self, trainer, pl_module, x):
+    def draw(self, trainer, pl_module):
+        x = trainer.datamodule.fixed_batch(2 * self.num_pairs, device=pl_module.device)[0]
         h = pl_module.encode(x)
         h_a, h_b = h[0::2], h[1::2]
         t = torch.linspace(0, 1, self.steps, device=h.device).view(1, -1, 1)
@@ -55,12 +54,13 @@ class DecoderFilters(EveryNEpochs):
     """The decoder's output weights as images: the pixel pattern each code unit writes (one per unit)."""
 
     def __init__(self, every_n_epochs: int = 1, num_filters: int = 100):
-        super().__init__(every_n_epochs, num_images=1)
+        super().__init__(every_n_epochs)
         self.num_filters = num_filters
 
-    def draw(self, trainer, pl_module, x):
+    def draw(self, trainer, pl_module):
         weight = pl_module.decoder.output_layer.weight  # (pixels, code)
-        filters = weight.T[: self.num_filters].reshape(-1, *x.shape[1:])
+        image_shape = trainer.datamodule.fixed_batch(1)[0].shape[1:]  # (C, H, W) of the data
+        filters = weight.T[: self.num_filters].reshape(-1, *image_shape)
         nrow = math.ceil(math.sqrt(len(filters)))  # a square grid
         log_image(trainer, "media/decoder_filters", image_grid(filters, nrow=nrow, normalize=True),
                   "columns of the decoder's output weight, each scaled to [0, 1]")

@@ -7,13 +7,7 @@ Each callback draws every ``every_n_epochs`` validation epochs on global rank ze
 import lightning as L
 import torch
 
-from callbacks.media import EveryNEpochs, figure_to_image, image_grid, log_image, pyplot
-from lightning_models.nn.gan import sample_noise
-
-
-def _fixed_noise(pl_module, n: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return sample_noise(n, pl_module.noise_dim, pl_module.hparams.prior, generator=g).to(pl_module.device)
+from callbacks.media import EveryNEpochs, FixedNoiseSamples, figure_to_image, image_grid, log_image, pyplot
 
 
 class MomentumRamp(L.Callback):
@@ -32,27 +26,21 @@ class MomentumRamp(L.Callback):
                 group["momentum"] = self.start + progress * (self.final - self.start)
 
 
-class GANSamples(EveryNEpochs):
+class GANSamples(FixedNoiseSamples):
     """G(z) for the same noise batch every time, so the grids of successive epochs compare."""
 
-    def __init__(self, every_n_epochs: int = 1, num_samples: int = 64, seed: int = 0):
-        super().__init__(every_n_epochs, num_images=1)
-        self.num_samples, self.seed = num_samples, seed
-
-    def draw(self, trainer, pl_module, x):
-        z = _fixed_noise(pl_module, self.num_samples, self.seed)
-        log_image(trainer, "media/gan_samples", image_grid(pl_module.sample(z=z)), "G(z), the same z every epoch")
+    key, caption = "media/gan_samples", "G(z), the same z every epoch"
 
 
 class NoiseInterpolation(EveryNEpochs):
     """G((1 - t) z_a + t z_b) for fixed pairs of noise vectors, t from 0 to 1: one row per pair."""
 
     def __init__(self, every_n_epochs: int = 1, num_pairs: int = 8, steps: int = 10, seed: int = 1):
-        super().__init__(every_n_epochs, num_images=1)
+        super().__init__(every_n_epochs)
         self.num_pairs, self.steps, self.seed = num_pairs, steps, seed
 
-    def draw(self, trainer, pl_module, x):
-        z = _fixed_noise(pl_module, 2 * self.num_pairs, self.seed)
+    def draw(self, trainer, pl_module):
+        z = pl_module.noise(2 * self.num_pairs, generator=torch.Generator().manual_seed(self.seed))
         t = torch.linspace(0, 1, self.steps, device=z.device).view(1, -1, 1)
         path = (1 - t) * z[0::2].unsqueeze(1) + t * z[1::2].unsqueeze(1)  # (pairs, steps, noise_dim)
         log_image(trainer, "media/gan_interpolation", image_grid(pl_module.sample(z=path.flatten(0, 1)), nrow=self.steps),
@@ -65,10 +53,11 @@ class GANTrainingFigure(EveryNEpochs):
     below, the lines z -> x = G(z) from evenly spaced z. At the equilibrium the densities agree and D(x) = 1/2."""
 
     def __init__(self, every_n_epochs: int = 1, num_samples: int = 20000, num_lines: int = 25):
-        super().__init__(every_n_epochs, num_images=num_samples)  # real examples set the x range
+        super().__init__(every_n_epochs)
         self.num_samples, self.num_lines = num_samples, num_lines
 
-    def draw(self, trainer, pl_module, x):
+    def draw(self, trainer, pl_module):
+        x = trainer.datamodule.fixed_batch(self.num_samples, device=pl_module.device)[0]  # real examples: the x range
         image = figure_1(pl_module, getattr(trainer.datamodule, "density", None), x, self.num_samples, self.num_lines)
         log_image(trainer, "media/gan_figure_1", image,
                   f"epoch {trainer.current_epoch}: p_data (black), p_g (green), D(x) (blue), z -> x = G(z)")

@@ -4,6 +4,7 @@ Callers run on global rank zero only (media are not reduced across processes).
 """
 
 import io
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -81,23 +82,47 @@ def _file_for(folder: Path, key: str, step: int) -> Path:
     return path
 
 
+@contextmanager
+def evaluating(pl_module: L.LightningModule):
+    """Eval mode and no gradients while a picture is drawn; the module's mode is restored after."""
+    was_training = pl_module.training
+    pl_module.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        pl_module.train(was_training)
+
+
 class EveryNEpochs(L.Callback):
-    """Keeps the first ``num_images`` validation images and calls ``draw`` every N validation epochs."""
+    """Calls ``draw(trainer, pl_module)`` after every ``every_n_epochs``-th validation epoch (not the sanity check),
+    on global rank zero only, in eval mode without gradients. A picture's fixed input comes from
+    ``trainer.datamodule.fixed_batch(n, seed, device)``, the same examples every time."""
 
-    def __init__(self, every_n_epochs: int = 1, num_images: int = 16):
-        self.every_n_epochs, self.num_images = every_n_epochs, num_images
-        self.images: torch.Tensor | None = None
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        if batch_idx == 0 and dataloader_idx == 0 and trainer.is_global_zero:
-            self.images = batch[0][: self.num_images].detach()
+    def __init__(self, every_n_epochs: int = 1):
+        self.every_n_epochs = every_n_epochs
 
     @rank_zero_only
     def on_validation_epoch_end(self, trainer, pl_module):
-        if trainer.sanity_checking or self.images is None or trainer.current_epoch % self.every_n_epochs:
+        if trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs:
             return
-        with torch.no_grad():
-            self.draw(trainer, pl_module, self.images)
+        with evaluating(pl_module):
+            self.draw(trainer, pl_module)
 
-    def draw(self, trainer, pl_module, x: torch.Tensor) -> None:
+    def draw(self, trainer, pl_module) -> None:
         raise NotImplementedError
+
+
+class FixedNoiseSamples(EveryNEpochs):
+    """``pl_module.sample(z=z)`` for the same noise batch z ~ p(z) every time (drawn by ``pl_module.noise(n,
+    generator)`` from ``seed``), so the grids of successive epochs compare: a VAE's prior samples, a GAN's G(z)."""
+
+    key, caption = "media/samples", "x = sample(z), the same z every epoch"
+
+    def __init__(self, every_n_epochs: int = 1, num_samples: int = 64, seed: int = 0):
+        super().__init__(every_n_epochs)
+        self.num_samples, self.seed = num_samples, seed
+
+    def draw(self, trainer, pl_module):
+        z = pl_module.noise(self.num_samples, generator=torch.Generator().manual_seed(self.seed))
+        log_image(trainer, self.key, image_grid(pl_module.sample(z=z)), self.caption)

@@ -8,27 +8,20 @@ other loggers as a CSV file with the run; the same is drawn as an image (sentenc
 
 import csv
 
-import lightning as L
-import torch
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_only
 
-from callbacks.media import figure_to_image, log_image, pyplot, run_file
+from callbacks.media import EveryNEpochs, evaluating, figure_to_image, log_image, pyplot, run_file
 
 
-@torch.no_grad()
-def attention_rows(pl_module, datamodule, indices: list[int]) -> list[dict]:
-    """One dict per memory sentence of the validation questions ``indices``, oldest sentence first."""
-    batch = datamodule.on_after_batch_transfer(datamodule.val_set.__getitems__(indices), 0)
-    was_training = pl_module.training
-    pl_module.eval()
-    try:
+def attention_rows(pl_module, datamodule, num_questions: int) -> list[dict]:
+    """One dict per memory sentence of the first ``num_questions`` validation questions, oldest sentence first."""
+    batch = datamodule.fixed_batch(num_questions, device=pl_module.device)
+    with evaluating(pl_module):
         logits, attention = pl_module(batch)
-    finally:
-        pl_module.train(was_training)
     predicted, attention = logits.argmax(-1).cpu(), attention.float().cpu()
+    batch = type(batch)(*(t.cpu() for t in batch))
     rows = []
-    for b, index in enumerate(indices):
+    for b, index in enumerate(range(len(predicted))):
         n = int(batch.n_memories[b])
         supports = set(batch.supports[b].tolist())
         question = datamodule.sentence(batch.queries[b])
@@ -64,19 +57,16 @@ def attention_figure(rows: list[dict]):
     return fig
 
 
-class MemN2NAttention(L.Callback):
+class MemN2NAttention(EveryNEpochs):
     """Every ``every_n_epochs`` validation epochs: the attention of every hop for ``num_questions`` fixed
     validation questions (the first ones of the validation split), as a table and an image."""
 
     def __init__(self, every_n_epochs: int = 10, num_questions: int = 4):
-        self.every_n_epochs, self.num_questions = every_n_epochs, num_questions
+        super().__init__(every_n_epochs)
+        self.num_questions = num_questions
 
-    @rank_zero_only
-    def on_validation_epoch_end(self, trainer, pl_module):
-        if trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs:
-            return
-        dm = trainer.datamodule
-        rows = attention_rows(pl_module, dm, list(range(min(self.num_questions, len(dm.val_set)))))
+    def draw(self, trainer, pl_module):
+        rows = attention_rows(pl_module, trainer.datamodule, self.num_questions)
         self.log_table(trainer, "media/memn2n_attention", rows)
         log_image(trainer, "media/memn2n_attention_image", figure_to_image(attention_figure(rows)),
                   caption=f"epoch {trainer.current_epoch}")

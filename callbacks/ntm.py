@@ -13,28 +13,18 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-from callbacks.media import figure_to_image, log_image, pyplot, run_file
+from callbacks.media import EveryNEpochs, evaluating, figure_to_image, log_image, pyplot, run_file
 from lightning_models.ntm import sequence_cost
 
 
-def _fixed_batch(datamodule, length: int, batch_size: int, seed: int):
-    return datamodule.make_batch(length, torch.Generator().manual_seed(seed), batch_size)
-
-
-@torch.no_grad()
 def run_model(pl_module, inputs: torch.Tensor, record: bool):
-    """The model's outputs (sigmoid) on ``inputs`` (T, B, C) in eval mode, and its trace when it has one."""
-    was_training = pl_module.training
-    pl_module.eval()
-    try:
-        inputs = inputs.to(pl_module.device)
+    """The model's output logits on ``inputs`` (T, B, C) in eval mode, and its trace when it has one (on the CPU)."""
+    with evaluating(pl_module):
         if record and hasattr(pl_module, "ntm"):
             logits, trace = pl_module(inputs, record=True)
             trace = {key: value.float().cpu() for key, value in trace.items()}
         else:
             logits, trace = pl_module(inputs), None
-    finally:
-        pl_module.train(was_training)
     return logits.cpu(), trace
 
 
@@ -90,8 +80,9 @@ class NTMMemoryTrace(L.Callback):
             self.draw(trainer, pl_module)
 
     def draw(self, trainer, pl_module):
-        inputs, targets = _fixed_batch(trainer.datamodule, self.length, 1, self.seed)
+        inputs, targets = trainer.datamodule.fixed_batch(1, self.seed, pl_module.device, self.length)
         logits, trace = run_model(pl_module, inputs, record=True)
+        inputs, targets = inputs.cpu(), targets.cpu()
         outputs = torch.sigmoid(logits[:, 0])
         step = trainer.global_step
         log_image(trainer, "media/ntm_trace", trace_figure(inputs[:, 0], targets[:, 0], outputs,
@@ -108,23 +99,23 @@ class NTMMemoryTrace(L.Callback):
         np.savez_compressed(run_file(trainer, f"ntm_trace_step{step:07d}.npz"), **arrays)
 
 
-class CopyGeneralisation(L.Callback):
+class CopyGeneralisation(EveryNEpochs):
     """Every ``every_n_epochs`` validation epochs: outputs against targets at ``lengths`` (Figure 4, one sequence
     each) and the bit errors per sequence against length (``num_sequences`` fixed sequences each)."""
 
     def __init__(self, every_n_epochs: int = 10, lengths: Sequence[int] = (10, 20, 30, 50, 120),
                  num_sequences: int = 16, seed: int = 3):
-        self.every_n_epochs, self.lengths, self.num_sequences, self.seed = every_n_epochs, lengths, num_sequences, seed
+        super().__init__(every_n_epochs)
+        self.lengths, self.num_sequences, self.seed = lengths, num_sequences, seed
 
-    @rank_zero_only
-    def on_validation_epoch_end(self, trainer, pl_module):
-        if trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs:
-            return
+    def draw(self, trainer, pl_module):
         plt = pyplot()
         examples, errors = [], []
         for length in self.lengths:
-            inputs, targets = _fixed_batch(trainer.datamodule, length, self.num_sequences, self.seed + length)
+            inputs, targets = trainer.datamodule.fixed_batch(self.num_sequences, self.seed + length, pl_module.device,
+                                                             length)
             logits, _ = run_model(pl_module, inputs, record=False)
+            targets = targets.cpu()
             errors.append(sequence_cost(logits, targets)[1].mean().item())
             examples.append((targets[:, 0], torch.sigmoid(logits[-targets.shape[0]:, 0])))
         widths = [max(1.0, len(t) / 10) for t, _ in examples]

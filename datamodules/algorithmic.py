@@ -159,6 +159,12 @@ class AlgorithmicTasksDataModule(L.LightningDataModule):
                                      generator)
         return associative_recall_batch(batch_size, length, hp.width, hp.item_length, generator)
 
+    def fixed_batch(self, n: int, seed: int = 0, device=None, length: int | None = None):
+        """``n`` sequences of ``length`` (default the longest training length) drawn from ``seed``: (inputs,
+        targets), (T, n, C) each, on ``device``."""
+        inputs, targets = self.make_batch(length or self.hparams.max_length, torch.Generator().manual_seed(seed), n)
+        return inputs.to(device or "cpu"), targets.to(device or "cpu")
+
     def _fixed_set(self, lengths: Sequence[int], per_length: int, seed: int) -> list:
         """One batch per length, as (inputs, targets, length): the length travels with its batch, so it stays
         right when a distributed sampler deals the batches out to several processes."""

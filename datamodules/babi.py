@@ -17,7 +17,7 @@ import lightning as L
 import torch
 
 from datamodules.data_root import DatasetNotFoundError, default_data_dir
-from datamodules.tensors import TensorBatchDataset, tensor_loader
+from datamodules.tensors import TensorBatchDataset, first_examples, tensor_loader
 
 TASKS = {1: "single-supporting-fact", 2: "two-supporting-facts", 3: "three-supporting-facts",
          4: "two-arg-relations", 5: "three-arg-relations", 6: "yes-no-questions", 7: "counting", 8: "lists-sets",
@@ -238,6 +238,11 @@ class BabiDataModule(L.LightningDataModule):
         if self.statements.device != memories.device:
             self.statements = self.statements.to(memories.device)
         return BabiBatch(self.statements[memories], *rest)
+
+    def fixed_batch(self, n: int, seed: int = 0, device=None) -> BabiBatch:
+        """The first ``n`` validation questions (the split is fixed by the datamodule's seed), as a validation step
+        gets them."""
+        return first_examples(self, self.val_set, n, device)
 
     def train_dataloader(self):
         return tensor_loader(self.train_set, self.batch_size, shuffle=True)

@@ -13,7 +13,7 @@ import torch
 from torchvision.datasets import MNIST
 
 from datamodules.data_root import DatasetNotFoundError, default_data_dir
-from datamodules.tensors import TensorBatchDataset, tensor_loader
+from datamodules.tensors import TensorBatchDataset, first_examples, tensor_loader
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -105,6 +105,10 @@ class MNISTDataModule(L.LightningDataModule):
 
     def predict_dataloader(self):
         return self.test_dataloader()
+
+    def fixed_batch(self, n: int, seed: int = 0, device=None):
+        """The first ``n`` validation images and labels, as a validation step gets them (the split is fixed)."""
+        return first_examples(self, self.val_set, n, device)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         x, y = batch

@@ -35,3 +35,11 @@ def _already_batched(batch):
 def tensor_loader(dataset: TensorBatchDataset, batch_size: int, shuffle: bool, drop_last: bool = False) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
                       collate_fn=_already_batched)
+
+
+def first_examples(datamodule, dataset: TensorBatchDataset, n: int, device=None):
+    """The first ``n`` examples of ``dataset`` as one batch on ``device``, through the datamodule's transfer hooks,
+    as a validation batch would arrive in a step: the fixed input of the picture callbacks."""
+    batch = dataset.__getitems__(list(range(min(n, len(dataset)))))
+    batch = datamodule.transfer_batch_to_device(batch, torch.device(device or "cpu"), 0)
+    return datamodule.on_after_batch_transfer(batch, 0)

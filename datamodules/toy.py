@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import lightning as L
 import torch
 
-from datamodules.tensors import TensorBatchDataset, tensor_loader
+from datamodules.tensors import TensorBatchDataset, first_examples, tensor_loader
 
 
 class Toy1DDataModule(L.LightningDataModule):
@@ -46,6 +46,10 @@ class Toy1DDataModule(L.LightningDataModule):
             g = torch.Generator().manual_seed(self.seed)
             self.train_set = TensorBatchDataset(self.sample(self.num_train, g))
             self.val_set = TensorBatchDataset(self.sample(self.num_val, g))
+
+    def fixed_batch(self, n: int, seed: int = 0, device=None):
+        """The first ``n`` validation examples, as a validation step gets them."""
+        return first_examples(self, self.val_set, n, device)
 
     def train_dataloader(self):
         return tensor_loader(self.train_set, self.batch_size, shuffle=True, drop_last=True)

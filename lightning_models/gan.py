@@ -115,8 +115,11 @@ class GAN(L.LightningModule):
 
     # --- the game ---
 
-    def noise(self, n: int) -> torch.Tensor:
-        return sample_noise(n, self.noise_dim, self.hparams.prior, device=self.device)
+    def noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """z ~ p_z, n of them on the module's device (drawn where ``generator`` lives when one is given)."""
+        if generator is None:
+            return sample_noise(n, self.noise_dim, self.hparams.prior, device=self.device)
+        return sample_noise(n, self.noise_dim, self.hparams.prior, generator.device, generator).to(self.device)
 
     def sample(self, n: int | None = None, z: torch.Tensor | None = None) -> torch.Tensor:
         """x = G(z), z ~ p_z (or the given z)."""

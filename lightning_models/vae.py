@@ -69,11 +69,15 @@ class VAE(L.LightningModule):
     def forward(self, x):
         return self.decode(self.encode(x))
 
+    def noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """z ~ p(z) = N(0, I), n of them on the module's device (drawn where ``generator`` lives when one is given)."""
+        if generator is None:
+            return torch.randn(n, self.latent_dim, device=self.device)
+        return torch.randn(n, self.latent_dim, generator=generator, device=generator.device).to(self.device)
+
     def sample(self, n: int | None = None, z: torch.Tensor | None = None):
         """Mean images decoded from z ~ p(z) = N(0, I) (or from the given z)."""
-        if z is None:
-            z = torch.randn(n, self.latent_dim, device=self.device)
-        return self.decode(z)
+        return self.decode(self.noise(n) if z is None else z)
 
     def negative_elbo(self, x):
         """Per image: (-ELBO, KL, -E_q[log p(x|z)]) with one reparameterised sample."""
