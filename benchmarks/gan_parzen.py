@@ -11,9 +11,11 @@ log-likelihood of train[50000:51000]; the score is the mean log-likelihood of th
 
 import argparse
 import os
-import time
 
 import torch
+from lightning.pytorch.cli import instantiate_module
+
+from common import Timer, default_data_dir, report
 
 from datamodules.mnist import load_mnist
 from lightning_models import GAN
@@ -34,7 +36,7 @@ def gan_samples(model: GAN, n: int, seed: int = 1) -> torch.Tensor:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", action="append", default=[], metavar="NAME=PATH", help="a GAN checkpoint")
-    parser.add_argument("--data_dir", default=os.environ.get("DL4_DATA_DIR", "./data"))
+    parser.add_argument("--data_dir", default=default_data_dir())
     parser.add_argument("--samples", type=int, default=10000)
     args = parser.parse_args()
     checkpoints = []
@@ -52,9 +54,9 @@ def main():
     rows = []
 
     def evaluate(name, centers):
-        start = time.perf_counter()
-        r = parzen_evaluate(centers, valid, test)
-        rows.append((name, r["sigma"], r["mean"], r["stderr"], time.perf_counter() - start))
+        with Timer() as timer:
+            r = parzen_evaluate(centers, valid, test)
+        rows.append([name, round(r["sigma"], 3), f"{r['mean']:.1f} +- {r['stderr']:.1f}", f"{timer.seconds:.1f} s"])
         print(f"{name}: {r['mean']:.1f} +- {r['stderr']:.1f} nats (sigma {r['sigma']:.3f})", flush=True)
 
     evaluate("real training images train[:10000] (reference)", as_float(x_train[: args.samples]))
@@ -62,14 +64,11 @@ def main():
         model = GAN.load_from_checkpoint(path, map_location="cpu")
         evaluate(f"{name or path}: trained GAN", gan_samples(model, args.samples))
         torch.manual_seed(0)
-        evaluate(f"{name or path}: the same GAN untrained", gan_samples(GAN(**model.hparams), args.samples))
-
-    print("\n| model | sigma | Parzen log-likelihood (nats) | evaluation time |")
-    print("|---|---|---|---|")
-    for name, sigma, mean, stderr, seconds in rows:
-        print(f"| {name} | {sigma:.3f} | {mean:.1f} +- {stderr:.1f} | {seconds:.1f} s |")
-    for name, mean, stderr in PAPER:
-        print(f"| paper: {name} | | {mean} +- {stderr} | |")
+        untrained = instantiate_module(GAN, dict(model.hparams))  # as load_from_checkpoint builds it, fresh weights
+        evaluate(f"{name or path}: the same GAN untrained", gan_samples(untrained, args.samples))
+    rows += [[f"paper: {name}", "", f"{mean} +- {stderr}", ""] for name, mean, stderr in PAPER]
+    print()
+    report("gan_parzen", ["model", "sigma", "Parzen log-likelihood (nats)", "evaluation time"], rows)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ each) per second, after 50 warm-up batches, best and median over the rounds.
 """
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
@@ -26,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
+from common import default_data_dir, report
 from datamodules import MNISTDataModule
 from dl4.cli import configure_runtime
 from lightning_models import GAN
@@ -118,7 +118,7 @@ def fit(model, batches, root, **data):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", default=os.environ.get("DL4_DATA_DIR", "./data"))
+    parser.add_argument("--data_dir", default=default_data_dir())
     parser.add_argument("--batches", type=int, default=600, help="training batches per run (the first 50 warm up)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch_size", type=int, default=32)
@@ -138,12 +138,10 @@ def main():
             results[name].append(run())
             print(f"round {r}: {name}: {results[name][-1]:.1f} batches/s", flush=True)
     base = statistics.median(next(iter(results.values())))
-    print(f"\nbatch {args.batch_size}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"lightning {L.__version__}")
-    print("| variant | batches / s, best | batches / s, median | speed-up (median) |")
-    print("|---|---|---|---|")
-    for name, rates in results.items():
-        print(f"| {name} | {max(rates):.1f} | {statistics.median(rates):.1f} | {statistics.median(rates) / base:.2f}x |")
+    print(f"\nbatch {args.batch_size}, lightning {L.__version__}")
+    report("gan_speed", ["variant", "batches / s, best", "batches / s, median", "speed-up (median)"],
+           [[name, f"{max(rates):.1f}", f"{statistics.median(rates):.1f}", f"{statistics.median(rates) / base:.2f}x"]
+            for name, rates in results.items()], {"batch_size": args.batch_size})
 
 
 if __name__ == "__main__":

@@ -22,8 +22,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import QUIET, REPO, build_run, report as write_table
+
+ROOT = REPO
 
 # Sukhbaatar et al. 2015, Table 1, test error (%) on bAbI 1k, PE LS RN with 3 hops: single-task and joint
 PAPER = {"single": [0.0, 8.3, 40.3, 2.8, 13.1, 7.6, 17.3, 10.0, 13.2, 15.1, 0.9, 0.2, 0.4, 1.7, 0.0, 1.3, 51.0,
@@ -31,19 +32,6 @@ PAPER = {"single": [0.0, 8.3, 40.3, 2.8, 13.1, 7.6, 17.3, 10.0, 13.2, 15.1, 0.9,
          "joint": [0.0, 11.4, 21.9, 13.4, 14.4, 2.8, 18.3, 9.3, 1.9, 6.5, 0.3, 0.1, 0.2, 6.9, 0.0, 2.7, 40.4,
                    9.4, 88.0, 0.0]}
 PAPER_MEAN = {"single": 13.9, "joint": 12.4}
-
-
-def cli(args: list[str]):
-    from dl4.cli import DL4CLI, configure_runtime
-
-    configure_runtime()
-    sys.argv = sys.argv[:1]  # the arguments are ``args``, not this script's command line
-    return DL4CLI(args=args, run=False)
-
-
-def quiet() -> list[str]:
-    return ["--trainer.logger=false", "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false", "--trainer.callbacks=[]"]
 
 
 def speed(args, extra):
@@ -64,8 +52,8 @@ def speed(args, extra):
             if not trainer.sanity_checking:
                 self.train.append(time.perf_counter() - self.start)
 
-    c = cli(["--config", str(ROOT / "configs" / "memn2n_babi.yaml"), *quiet(),
-             f"--data.init_args.tasks={args.task}", f"--trainer.max_epochs={args.epochs}", *extra])
+    c = build_run(ROOT / "configs" / "memn2n_babi.yaml", [*QUIET, f"--data.init_args.tasks={args.task}",
+                                                           f"--trainer.max_epochs={args.epochs}", *extra])
     timer = EpochTimes()
     c.trainer.callbacks.append(timer)
     c.trainer.fit(c.model, c.datamodule)
@@ -85,8 +73,8 @@ def run(args, extra):
     results = []
     for tasks in groups:
         start = time.perf_counter()
-        c = cli(["--config", str(config), *quiet(), f"--seed_everything={args.seed}",
-                 f"--data.init_args.tasks={json.dumps(tasks)}", f"--data.init_args.seed={args.seed}", *extra])
+        c = build_run(config, [*QUIET, f"--seed_everything={args.seed}", f"--data.init_args.tasks={json.dumps(tasks)}",
+                               f"--data.init_args.seed={args.seed}", *extra])
         c.trainer.fit(c.model, c.datamodule)
         fit = c.trainer.callback_metrics
         val, train = float(fit["val/error"]), float(fit["train/error"])
@@ -127,24 +115,23 @@ def report(args):
             by_task.setdefault(t, []).append(r)
     seeds = sorted({r["seed"] for r in runs})
     n = len(seeds)
-    print(f"| task | paper (PE LS RN{', joint' if joint else ''}) | dl4, best of {n} by validation error | "
-          f"dl4, best of {n} by training error (the paper's rule) | dl4, mean of {n} |")
-    print("|---|---|---|---|---|")
-    columns = {"val": [], "train": [], "mean": []}
+    header = ["task", f"paper (PE LS RN{', joint' if joint else ''})", f"dl4, best of {n} by validation error",
+              f"dl4, best of {n} by training error (the paper's rule)", f"dl4, mean of {n}"]
+    columns, rows = {"val": [], "train": [], "mean": []}, []
     for t in sorted(by_task):
         candidates = runs if joint else by_task[t]  # a joint model is chosen as a whole
         for rule in ("val", "train"):
             best = min(candidates, key=lambda r: r[f"{rule}_error"])
             columns[rule].append(best["test_errors"][str(t)])
         columns["mean"].append(sum(r["test_errors"][str(t)] for r in by_task[t]) / len(by_task[t]))
-        print(f"| {t} | {paper[t - 1]:.1f} | " + " | ".join(f"{c[-1]:.1f}" for c in columns.values()) + " |")
+        rows.append([t, f"{paper[t - 1]:.1f}", *(f"{c[-1]:.1f}" for c in columns.values())])
     tasks = sorted(by_task)
     paper_mean = sum(paper[t - 1] for t in tasks) / len(tasks)
-    print(f"| **mean** | {paper_mean:.1f} | " + " | ".join(f"**{sum(c) / len(c):.1f}**" for c in columns.values())
-          + " |")
-    print(f"| failed (> 5%) | {sum(paper[t - 1] > 5 for t in tasks)} | "
-          + " | ".join(str(sum(e > 5 for e in c)) for c in columns.values()) + " |")
+    rows.append(["**mean**", f"{paper_mean:.1f}", *(f"**{sum(c) / len(c):.1f}**" for c in columns.values())])
+    rows.append(["failed (> 5%)", sum(paper[t - 1] > 5 for t in tasks), *(sum(e > 5 for e in c) for c in columns.values())])
     seconds = sum(r["seconds"] for r in runs)
+    write_table("memn2n_joint" if joint else "memn2n_single", header, rows,
+                {"trainings": len(runs), "seconds_in_all": round(seconds)}, out=args.out / "table.json")
     print(f"\n{len(runs)} trainings, {seconds:.0f} s of training and testing in all (summed over processes)")
 
 

@@ -14,20 +14,15 @@
 import argparse
 import csv
 import math
-import re
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from datamodules.algorithmic import copy_batch  # noqa: E402
-from lightning_models.nn.ntm import NeuralTuringMachine, StackedLSTM  # noqa: E402
+from common import Timer, build_run, report
+from datamodules.algorithmic import copy_batch
+from lightning_models.nn.ntm import NeuralTuringMachine, StackedLSTM
 
 
 def speed(args):
@@ -41,9 +36,7 @@ def speed(args):
     nets = {"NTM (LSTM 100, 128 x 20, 1R 1W)": lambda: NeuralTuringMachine(9, 8),
             "NTM, compiled step (`compile: true`)": compiled_ntm,
             "LSTM baseline (3 x 256)": lambda: StackedLSTM(9, 8, 256, 3)}
-    print(f"| model | batch | sequences/s | ms per batch | ms per time step | first {args.warmup} batches "
-          f"(compilation) |   ({device}, {torch.get_num_threads()} threads)")
-    print("|---|---|---|---|---|---|")
+    rows = []
     for name, make in nets.items():
         for batch_size in args.batch_sizes:
             torch.manual_seed(0)
@@ -69,9 +62,11 @@ def speed(args):
             if device.type == "cuda":
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - start
-            print(f"| {name} | {batch_size} | {args.batches * batch_size / seconds:.0f} | "
-                  f"{seconds / args.batches * 1000:.1f} | {seconds / steps * 1000:.2f} | "
-                  f"{warmup_seconds:.0f} s |", flush=True)
+            rows.append([name, batch_size, f"{args.batches * batch_size / seconds:.0f}",
+                         f"{seconds / args.batches * 1000:.1f}", f"{seconds / steps * 1000:.2f}", f"{warmup_seconds:.0f} s"])
+            print(" | ".join(map(str, rows[-1])), flush=True)
+    report("ntm_speed", ["model", "batch", "sequences/s", "ms per batch", "ms per time step",
+                         f"first {args.warmup} batches (compilation)"], rows, {"device": str(device)})
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -86,9 +81,10 @@ def converge(args, extra):
               "--trainer.enable_progress_bar=false", *extra]
     if args.max_epochs:
         common.append(f"--trainer.max_epochs={args.max_epochs}")
-    start = time.perf_counter()
-    subprocess.run(["dl4", "fit", *common], check=True)
-    wall = time.perf_counter() - start
+    run = build_run(args.config, common[2:])
+    with Timer() as timer:
+        run.trainer.fit(run.model, datamodule=run.datamodule)
+    wall = timer.seconds
     rows = [r for r in read_metrics(work) if "val/bits_per_seq" in r]
     first = next((r for r in rows if r["val/bits_per_seq"] < args.threshold), None)
     stable = None
@@ -108,17 +104,16 @@ def converge(args, extra):
     best = list(work.rglob("best-*.ckpt"))
     ckpt = best[0] if best else next(work.rglob("last.ckpt"))
     print(f"  testing {ckpt.name}")
-    out = subprocess.run(["dl4", "test", *common, "--ckpt_path", str(ckpt)], check=True, capture_output=True,
-                         text=True).stdout
-    results = {}
-    for key, value in re.findall(r"(test/\S+_len\d+)[\s│|]+([-\d.e+]+)", out):
-        results[key] = float(value)
-    lengths = sorted({int(k.rsplit("len", 1)[1]) for k in results})
-    print("\n| length | bits per sequence | bit errors per sequence |")
-    print("|---|---|---|")
-    for n in lengths:
-        print(f"| {n} | {results.get(f'test/bits_per_seq_len{n}', math.nan):.2f} | "
-              f"{results.get(f'test/bit_errors_per_seq_len{n}', math.nan):.2f} |")
+    (results,) = run.trainer.test(run.model, datamodule=run.datamodule, ckpt_path=str(ckpt), verbose=False)
+    lengths = sorted({int(k.rsplit("len", 1)[1]) for k in results if "_len" in k})
+    print()
+    report(f"ntm_converge_{args.config.stem}", ["length", "bits per sequence", "bit errors per sequence"],
+           [[n, f"{results.get(f'test/bits_per_seq_len{n}', math.nan):.2f}",
+             f"{results.get(f'test/bit_errors_per_seq_len{n}', math.nan):.2f}"] for n in lengths],
+           {"validations": len(rows), "fit_seconds": round(wall),
+            "first_below": first and {k: first[k] for k in ("val/sequences", "val/train_seconds")},
+            "stable_below": stable and {k: stable[k] for k in ("val/sequences", "val/train_seconds")},
+            "threshold_bits": args.threshold})
 
 
 def main():

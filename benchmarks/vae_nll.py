@@ -9,16 +9,10 @@ Reference: 86.76 nats, VAE with one stochastic layer, k=1 training, 3,280 epochs
 """
 
 import argparse
-import sys
-import time
-from pathlib import Path
 
-import torch
 import wandb
 
-from dl4.cli import DL4CLI, configure_runtime
-
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO, Timer, build_run, report
 
 
 def main():
@@ -28,28 +22,24 @@ def main():
     parser.add_argument("--config", default=str(REPO / "configs" / "vae_mnist.yaml"))
     parser.add_argument("--save_dir", default="runs/bench_vae_nll")
     args = parser.parse_args()
-    sys.argv = sys.argv[:1]  # the CLI below gets its arguments from `args=`, not from this script's command line
-    configure_runtime()
-    common = ["--config", args.config, "--trainer.enable_progress_bar=false",
-              f"--trainer.logger.init_args.save_dir={args.save_dir}"]
+    common = ["--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={args.save_dir}"]
 
-    start = time.perf_counter()
-    fit = DL4CLI(args=["fit", *common, f"--trainer.max_epochs={args.epochs}"])
-    train_s = time.perf_counter() - start
+    with Timer() as train:
+        fit = build_run(args.config, [f"--trainer.max_epochs={args.epochs}", *common])
+        fit.trainer.fit(fit.model, datamodule=fit.datamodule)
     ckpt = fit.trainer.checkpoint_callback.last_model_path
     wandb.finish()  # the test gets a W&B run of its own
 
-    start = time.perf_counter()
-    test = DL4CLI(args=["test", *common, "--ckpt_path", ckpt, "--float32_matmul_precision=highest",
-                        f"--model.init_args.iw_samples={args.k}"])
-    test_s = time.perf_counter() - start
-    metrics = {k: float(v) for k, v in test.trainer.callback_metrics.items()}
+    with Timer() as evaluation:
+        test = build_run(args.config, [*common, "--float32_matmul_precision=highest",
+                                       f"--model.init_args.iw_samples={args.k}"])
+        (metrics,) = test.trainer.test(test.model, datamodule=test.datamodule, ckpt_path=ckpt)
 
-    print(f"\n| model | epochs | train time | test -ELBO | test IW-NLL (k={args.k}) | eval time |")
-    print("|---|---|---|---|---|---|")
-    print(f"| VAE 784-200-200-50 tanh, dynamic binarisation | {args.epochs} | {train_s / 60:.1f} min "
-          f"| {metrics['test/neg_elbo']:.2f} | {metrics[f'test/iw_nll_k{args.k}']:.2f} | {test_s / 60:.1f} min |")
-    print(f"checkpoint: {ckpt}; {torch.get_num_threads()} CPU threads, torch {torch.__version__}")
+    print(f"\ncheckpoint: {ckpt}")
+    report("vae_nll", ["model", "epochs", "train time", "test -ELBO", f"test IW-NLL (k={args.k})", "eval time"],
+           [["VAE 784-200-200-50 tanh, dynamic binarisation", args.epochs, f"{train.seconds / 60:.1f} min",
+             f"{metrics['test/neg_elbo']:.2f}", f"{metrics[f'test/iw_nll_k{args.k}']:.2f}",
+             f"{evaluation.seconds / 60:.1f} min"]])
 
 
 if __name__ == "__main__":

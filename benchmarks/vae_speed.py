@@ -10,7 +10,6 @@ nothing else runs) and the median epoch over all rounds.
 
 import argparse
 import importlib.util
-import os
 import statistics
 import time
 
@@ -19,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
+from common import default_data_dir, report
 from datamodules import MNISTDataModule
 from dl4.cli import configure_runtime
 from lightning_models import VAE
@@ -101,7 +101,7 @@ def examples_recipe(data_dir, epochs, device="cpu"):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", default=os.environ.get("DL4_DATA_DIR", "./data"))
+    parser.add_argument("--data_dir", default=default_data_dir())
     parser.add_argument("--epochs", type=int, default=3, help="epochs per variant and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--precision", default="high", choices=["highest", "high", "medium"])
@@ -135,12 +135,13 @@ def main():
     print(f"\nVAE 784-400-20, batch 128, {where}, float32 matmul precision "
           f"'{args.precision}', torch {torch.__version__}, lightning {L.__version__}")
     plain = results[next(iter(variants))]
-    print("| variant | best epoch (s) | images / s, best | images / s, median | time vs plain loop (best, median) |")
-    print("|---|---|---|---|---|")
+    rows = []
     for name, times in results.items():
         best, median = min(times), statistics.median(times)
-        print(f"| {name} | {best:.2f} | {n_train / best:,.0f} | {n_train / median:,.0f} "
-              f"| {100 * (best / min(plain) - 1):+.0f}%, {100 * (median / statistics.median(plain) - 1):+.0f}% |")
+        rows.append([name, f"{best:.2f}", f"{n_train / best:,.0f}", f"{n_train / median:,.0f}",
+                     f"{100 * (best / min(plain) - 1):+.0f}%, {100 * (median / statistics.median(plain) - 1):+.0f}%"])
+    report("vae_speed", ["variant", "best epoch (s)", "images / s, best", "images / s, median",
+                         "time vs plain loop (best, median)"], rows, {"device": where, "precision": args.precision})
 
 
 if __name__ == "__main__":

@@ -6,8 +6,7 @@ import tomllib
 import pytest
 import yaml
 
-from conftest import REPO
-from test_cli import dl4
+from conftest import REPO, dl4
 
 DOCKERFILE = (REPO / "Dockerfile").read_text()
 SWEEPS = sorted((REPO / "sweeps").glob("*.yaml"))
@@ -48,21 +47,42 @@ def test_dockerignore_keeps_data_and_runs_out_of_the_build_context():
 
 
 @pytest.mark.parametrize("sweep", SWEEPS, ids=lambda p: p.name)
-def test_sweep_parameters_are_accepted_by_the_cli(sweep, tmp_path):
+def test_sweep_command_runs_with_its_parameters_and_logs_its_metric(sweep, tmp_path, mnist_root):
+    """The sweep's command with one value of every parameter, as a W&B agent would run it (2 training and 2
+    validation batches): the CLI accepts every key, the run's saved config holds the values, and the metric the
+    sweep optimises is one the model logs."""
     spec = yaml.safe_load(sweep.read_text())
     command = spec["command"]
     assert command[:2] == ["dl4", "fit"] and command[-1] == "${args}"
-    overrides = []
-    for key, values in spec["parameters"].items():
-        value = values["values"][-1] if "values" in values else values["min"]
-        overrides.append(f"--{key}={value}")
-    out = dl4(*command[1:-1], *overrides, "--print_config", cwd=REPO)
+    chosen = {key: values["values"][-1] if "values" in values else values["min"]
+              for key, values in spec["parameters"].items()}
+    args = [a.replace("configs/", f"{REPO}/configs/") for a in command[1:-1]]
+    out = dl4(*args, *(f"--{key}={value}" for key, value in chosen.items()), "--trainer.max_epochs=1",
+              "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=2", "--trainer.callbacks=[]",
+              "--trainer.logger=CSVLogger", "--trainer.logger.save_dir=runs", "--trainer.enable_progress_bar=false",
+              *(["--model.init_args.compile=false"] if "ntm" in sweep.name else []), cwd=tmp_path, data_root=mnist_root)
     assert out.returncode == 0, out.stderr[-2000:]
-    printed = yaml.safe_load(out.stdout)
-    for key, values in spec["parameters"].items():
-        node = printed
+    (run,) = (tmp_path / "runs").glob("*/version_*")
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    for key, value in chosen.items():
+        node = saved
         for part in key.split("."):
             node = node[part]
-        expected = values["values"][-1] if "values" in values else values["min"]
-        assert node == expected, key
-    assert spec["metric"]["name"] in ("val/neg_elbo", "val/recon", "val/parzen_ll", "val/bits_per_seq", "val/error")
+        assert node == value, key
+    logged = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert spec["metric"]["name"] in logged, (spec["metric"]["name"], logged)
+
+
+def test_every_function_docs_equations_names_exists_where_it_says():
+    """docs/equations.md maps equations to `file`: `function` pairs; each named function or class is defined in
+    that file, so the map cannot go stale silently."""
+    text = (REPO / "docs" / "equations.md").read_text()
+    named = []
+    for row in text.splitlines():
+        if row.startswith("| ") and not row.startswith("| equation"):
+            for path, names in re.findall(r"`([\w/]+\.py)`: ([^;|]+)", row.rstrip("|").split("|")[-1]):
+                source = (REPO / path.replace("lm/", "lightning_models/")).read_text()
+                for name in re.findall(r"`([\w.]+)`", names):
+                    named.append(name)
+                    assert re.search(rf"(def|class) {name.split('.')[-1]}\b", source), (path, name)
+    assert len(named) > 50

@@ -9,11 +9,10 @@ import yaml
 from lightning.pytorch.loggers import CSVLogger
 
 from callbacks import CopyGeneralisation, NTMMemoryTrace
-from conftest import CONFIGS, build_from_config
+from conftest import CONFIGS, build_from_config, ddp_fit, dl4
 from datamodules import AlgorithmicTasksDataModule
 from lightning_models import NTM, LSTMBaseline
 from lightning_models.ntm import LN2, PerLengthCost, sequence_cost
-from test_cli import ddp_fit, dl4
 
 
 def trainer(**kw):

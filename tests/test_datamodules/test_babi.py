@@ -3,14 +3,8 @@
 import pytest
 import torch
 
-from conftest import require_dataset
 from datamodules import BabiDataModule, DatasetNotFoundError
 from datamodules.babi import FOLDER, TASKS, parse_babi, task_file
-
-
-@pytest.fixture(scope="module")
-def babi_root():
-    return require_dataset(str(FOLDER / "en" / "qa1_single-supporting-fact_train.txt"))
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,12 @@ from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
 
 from callbacks import GANSamples, GANTrainingFigure, MomentumRamp, NoiseInterpolation
-from conftest import CONFIGS, build_from_config
+from conftest import CONFIGS, build_from_config, ddp_fit, dl4
 from datamodules import MNISTDataModule, Toy1DDataModule
 from datamodules.mnist import load_mnist
 from lightning_models import GAN
 from lightning_models.nn.gan import DCGenerator, MLPDiscriminator, MLPGenerator
 from lightning_models.nn.parzen import parzen_evaluate
-from test_cli import ddp_fit, dl4
 
 def small(**kw):
     """The paper's nets at a quarter of their size: G 100-256-256-784, D maxout 128x3."""

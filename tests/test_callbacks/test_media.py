@@ -5,9 +5,8 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from PIL import Image
 
 from callbacks import DecoderFilters, LatentInterpolation, PriorSamples, ReconstructionGrid
-from conftest import CONFIGS
+from conftest import CONFIGS, ddp_fit
 from lightning_models import VAE, DenoisingAutoencoder, SparseAutoencoder
-from test_cli import ddp_fit
 
 
 def short_fit(model, mnist, logger, callbacks, root):

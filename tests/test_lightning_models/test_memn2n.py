@@ -5,13 +5,11 @@ import pytest
 import torch
 import yaml
 
-from conftest import CONFIGS
+from conftest import CONFIGS, ddp_fit, dl4
 from datamodules import BabiDataModule
 from lightning_models import MemN2N
 from lightning_models.memn2n import PerTaskError
 from lightning_models.nn.memn2n import EndToEndMemoryNetwork, position_encoding, random_time_gaps
-from test_babi import babi_root  # noqa: F401  (fixture)
-from test_cli import ddp_fit, dl4
 from wandb_records import history
 
 
