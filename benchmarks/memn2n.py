@@ -36,7 +36,6 @@ PAPER_MEAN = {"single": 13.9, "joint": 12.4}
 
 def speed(args, extra):
     import lightning as L
-    import torch
 
     class EpochTimes(L.Callback):
         def __init__(self):
@@ -62,9 +61,11 @@ def speed(args, extra):
     train = sorted(timer.train[skip:])[len(timer.train[skip:]) // 2]
     full = sorted(timer.full[skip:])[len(timer.full[skip:]) // 2]
     steps = c.trainer.num_training_batches
-    print(f"task {args.task} (1k), {args.epochs} epochs of {steps} batches, {torch.get_num_threads()} threads: "
-          f"median {train:.3f} s per training epoch ({train / steps * 1000:.2f} ms per batch), {full:.3f} s with "
-          f"validation; test error {result[f'test/error_task{args.task}']:.1f}%")
+    print(f"task {args.task} (1k), {args.epochs} epochs of {steps} batches:")
+    write_table("memn2n_speed", ["task", "batches per epoch", "median training epoch (s)", "ms per batch",
+                                 "median epoch with validation (s)", "test error"],
+                [[args.task, steps, f"{train:.3f}", f"{train / steps * 1000:.2f}", f"{full:.3f}",
+                  f"{result[f'test/error_task{args.task}']:.1f}%"]])
 
 
 def run(args, extra):

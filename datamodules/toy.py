@@ -15,22 +15,24 @@ class Toy1DDataModule(L.LightningDataModule):
 
     Args:
         means, stds, weights: the mixture's components (one component: a Gaussian).
-        num_train, num_val: examples drawn for training and validation.
+        num_train, num_val, num_test: examples drawn for training, validation and test (in that order, so the
+            test draw leaves the other two as they were).
         batch_size: training batch size.
         seed: seeds the draw.
     """
 
     def __init__(self, means: Sequence[float] = (2.0,), stds: Sequence[float] = (0.5,),
                  weights: Sequence[float] | None = None, num_train: int = 20000, num_val: int = 2000,
-                 batch_size: int = 128, seed: int = 0):
+                 num_test: int = 2000, batch_size: int = 128, seed: int = 0):
         super().__init__()
         if len(means) != len(stds) or (weights is not None and len(weights) != len(means)):
             raise ValueError("data.means, data.stds (and data.weights) need one entry per mixture component")
         self.means, self.stds = torch.tensor(means, dtype=torch.float), torch.tensor(stds, dtype=torch.float)
         w = torch.tensor(weights if weights is not None else [1.0] * len(means), dtype=torch.float)
         self.weights = w / w.sum()
-        self.num_train, self.num_val, self.batch_size, self.seed = num_train, num_val, batch_size, seed
-        self.train_set = self.val_set = None
+        self.num_train, self.num_val, self.num_test = num_train, num_val, num_test
+        self.batch_size, self.seed = batch_size, seed
+        self.train_set = self.val_set = self.test_set = None
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
@@ -46,6 +48,7 @@ class Toy1DDataModule(L.LightningDataModule):
             g = torch.Generator().manual_seed(self.seed)
             self.train_set = TensorBatchDataset(self.sample(self.num_train, g))
             self.val_set = TensorBatchDataset(self.sample(self.num_val, g))
+            self.test_set = TensorBatchDataset(self.sample(self.num_test, g))
 
     def fixed_batch(self, n: int, seed: int = 0, device=None):
         """The first ``n`` validation examples, as a validation step gets them."""
@@ -56,3 +59,6 @@ class Toy1DDataModule(L.LightningDataModule):
 
     def val_dataloader(self):
         return tensor_loader(self.val_set, self.num_val, shuffle=False)
+
+    def test_dataloader(self):
+        return tensor_loader(self.test_set, self.num_test, shuffle=False)

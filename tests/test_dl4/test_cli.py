@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -35,12 +36,36 @@ def test_every_model_has_a_config():
     assert models <= configured, f"no config in configs/ for {sorted(models - configured)}"
 
 
+SHORT_TEST = {"vae_mnist.yaml": ["--model.init_args.iw_samples=5"]}  # only shortens the test: k = 5, not 1000
+
+
 @pytest.mark.parametrize("config", ALL_CONFIGS)
-def test_config_runs_through_the_cli(config, tmp_path, mnist_root):
-    out = dl4("fit", "--config", CONFIGS / config, "--trainer.fast_dev_run=2", "--trainer.enable_progress_bar=false",
-              cwd=tmp_path, data_root=mnist_root)
+def test_config_trains_then_tests_from_its_checkpoint(config, tmp_path, mnist_root):
+    """Every config as it is, through the real console script: `dl4 fit` (one epoch of 2 batches, 2 validation
+    batches, every picture callback drawing) writes a checkpoint (last.ckpt where the config keeps one); `dl4 test
+    --ckpt_path` runs on it; and
+    ``Model.load_from_checkpoint`` rebuilds the model, its networks from their class_path, with the same weights."""
+    common = ["--config", CONFIGS / config, "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+              f"--trainer.default_root_dir={tmp_path}"]
+    out = dl4("fit", *common, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+              "--trainer.limit_val_batches=2", cwd=tmp_path, data_root=mnist_root)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "`Trainer.fit` stopped" in out.stdout + out.stderr
+    written = sorted((tmp_path / "checkpoints").glob("*.ckpt"))  # last.ckpt, or Lightning's default checkpoint
+    ckpt = tmp_path / "checkpoints" / "last.ckpt" if (tmp_path / "checkpoints" / "last.ckpt").is_file() else written[0]
+    out = dl4("test", *common, "--ckpt_path", ckpt, "--trainer.limit_test_batches=2", *SHORT_TEST.get(config, []),
+              cwd=tmp_path, data_root=mnist_root)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "test/" in out.stdout
+
+    import lightning_models
+
+    name = yaml.safe_load((CONFIGS / config).read_text())["model"]["class_path"].rsplit(".", 1)[-1]
+    model = getattr(lightning_models, name).load_from_checkpoint(ckpt, map_location="cpu")
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    loaded = model.state_dict()
+    assert loaded.keys() == saved.keys()
+    assert all(torch.equal(loaded[k], saved[k]) for k in saved)
 
 
 def test_print_config_resolves_short_names_and_interpolation(tmp_path):
