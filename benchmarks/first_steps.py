@@ -49,7 +49,8 @@ class FirstSteps(L.Callback):
 
 def record(config: Path, steps: int, epoch_batches: int | None = None) -> list[dict]:
     probe = FirstSteps()
-    epochs = [f"--trainer.limit_train_batches={epoch_batches}", "--trainer.limit_val_batches=2"] if epoch_batches else []
+    epochs = ([f"--trainer.limit_train_batches={epoch_batches}", "--trainer.limit_val_batches=2"]
+              if epoch_batches else [])
     with tempfile.TemporaryDirectory() as root:
         cli = build_run(config, ["--trainer.logger=false", f"--trainer.max_steps={steps}",
                                  "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false",
@@ -92,7 +93,8 @@ def main():
         status = ""
         if args.check:
             same = expected.get(config.name) == steps
-            status = "same" if same else f"DIFFERS (largest relative difference {largest_difference(expected.get(config.name, []), steps):.1e})"
+            worst = largest_difference(expected.get(config.name, []), steps)
+            status = "same" if same else f"DIFFERS (largest relative difference {worst:.1e})"
             if not same:
                 differ.append(config.name)
         last = steps[-1] if steps else {}

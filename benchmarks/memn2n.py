@@ -1,4 +1,4 @@
-"""The MemN2N numbers in the README: speed per epoch, and the paper's bAbI protocol (best of N seeds).
+"""The MemN2N numbers in docs/results/memn2n.md: speed per epoch, the paper's bAbI protocol (best of N seeds).
 
     python benchmarks/memn2n.py speed [--task 1] [--epochs 30]
         seconds per training epoch (and per epoch with its validation) of configs/memn2n_babi.yaml on one task.
@@ -129,7 +129,8 @@ def report(args):
     tasks = sorted(by_task)
     paper_mean = sum(paper[t - 1] for t in tasks) / len(tasks)
     rows.append(["**mean**", f"{paper_mean:.1f}", *(f"**{sum(c) / len(c):.1f}**" for c in columns.values())])
-    rows.append(["failed (> 5%)", sum(paper[t - 1] > 5 for t in tasks), *(sum(e > 5 for e in c) for c in columns.values())])
+    rows.append(["failed (> 5%)", sum(paper[t - 1] > 5 for t in tasks),
+                 *(sum(e > 5 for e in c) for c in columns.values())])
     seconds = sum(r["seconds"] for r in runs)
     write_table("memn2n_joint" if joint else "memn2n_single", header, rows,
                 {"trainings": len(runs), "seconds_in_all": round(seconds)}, out=args.out / "table.json")

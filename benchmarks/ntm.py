@@ -1,4 +1,4 @@
-"""The NTM's numbers in the README: training speed by batch size, convergence on a task, and generalisation.
+"""The NTM's numbers in docs/results/ntm.md: training speed by batch size, convergence, and generalisation.
 
     python benchmarks/ntm.py speed [--batch_sizes 1 8 32 128]
         training sequences per second (forward, backward, gradient clipping, Adam step) of the NTM at the paper's
@@ -63,7 +63,8 @@ def speed(args):
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - start
             rows.append([name, batch_size, f"{args.batches * batch_size / seconds:.0f}",
-                         f"{seconds / args.batches * 1000:.1f}", f"{seconds / steps * 1000:.2f}", f"{warmup_seconds:.0f} s"])
+                         f"{seconds / args.batches * 1000:.1f}", f"{seconds / steps * 1000:.2f}",
+                         f"{warmup_seconds:.0f} s"])
             print(" | ".join(map(str, rows[-1])), flush=True)
     report("ntm_speed", ["model", "batch", "sequences/s", "ms per batch", "ms per time step",
                          f"first {args.warmup} batches (compilation)"], rows, {"device": str(device)})

@@ -84,7 +84,7 @@ class EndToEndMemoryNetwork(nn.Module):
             self.H = nn.Linear(embedding_dim, embedding_dim, bias=False)
         # PE at twice the paper's l_kj, whose weights average 1/2: the authors' code uses
         # 1 + 4 (k - (d+1)/2)(j - (J+1)/2) / (d J), about 2 l_kj, averaging 1 like a bag of words. Unscaled, every
-        # sentence vector is halved, attention scores quartered, and task 6 stays at chance (README, MemN2N).
+        # sentence vector is halved, attention scores quartered, and task 6 stays at chance (docs/results/memn2n.md).
         words = sentence_length + 1 if temporal and time_as_word else sentence_length  # + the time word
         weights = 2 * position_encoding(words, embedding_dim)
         if encoding == "bow":
