@@ -64,7 +64,10 @@ def main():
         model = GAN.load_from_checkpoint(path, map_location="cpu")
         evaluate(f"{name or path}: trained GAN", gan_samples(model, args.samples))
         torch.manual_seed(0)
-        untrained = instantiate_module(GAN, dict(model.hparams))  # as load_from_checkpoint builds it, fresh weights
+        # the same config's model with fresh weights, built from the checkpoint's stored config (not from
+        # model.hparams, which after load_from_checkpoint hold the trained network objects themselves)
+        config = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]
+        untrained = instantiate_module(GAN, {k: v for k, v in config.items() if k != "_instantiator"})
         evaluate(f"{name or path}: the same GAN untrained", gan_samples(untrained, args.samples))
     rows += [[f"paper: {name}", "", f"{mean} +- {stderr}", ""] for name, mean, stderr in PAPER]
     print()

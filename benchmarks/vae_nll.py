@@ -27,7 +27,8 @@ def main():
     with Timer() as train:
         fit = build_run(args.config, [f"--trainer.max_epochs={args.epochs}", *common])
         fit.trainer.fit(fit.model, datamodule=fit.datamodule)
-    ckpt = fit.trainer.checkpoint_callback.last_model_path
+    # the config's second ModelCheckpoint keeps last.ckpt (the first one, trainer.checkpoint_callback, the best epoch)
+    ckpt = next(cb.last_model_path for cb in fit.trainer.checkpoint_callbacks if cb.last_model_path)
     wandb.finish()  # the test gets a W&B run of its own
 
     with Timer() as evaluation:

@@ -14,6 +14,7 @@ from torchmetrics import MeanMetric
 from lightning_models.nn.autoencoders import (Encoder, adam, contractive_penalty_sigmoid, gaussian_noise,
                                               jacobian_frobenius_sq, kl_sparsity, masking_noise, mirrored_mlps,
                                               reconstruction_error, top_k)
+from lightning_models.checkpoints import restore_network_configs
 from lightning_models.train_logging import log_train_metrics
 
 
@@ -44,6 +45,9 @@ class Autoencoder(L.LightningModule):
                              f"decoder.init_args.code_dim ({code_dims[1]}) differ: the decoder reads the encoder's code")
         self.encoder, self.decoder = encoder, decoder
         self.val_recon, self.test_recon = MeanMetric(), MeanMetric()
+
+    def on_load_checkpoint(self, checkpoint):
+        restore_network_configs(self, checkpoint)
 
     # --- the model, usable without a trainer ---
     def encode(self, x: torch.Tensor) -> torch.Tensor:

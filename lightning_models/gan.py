@@ -18,6 +18,7 @@ from torchmetrics import MeanMetric
 from lightning_models.nn.gan import (MLPDiscriminator, MLPGenerator, Prior, discriminator_loss, generator_loss,
                                      sample_noise, uniform_init)
 from lightning_models.nn.parzen import MNIST_SIGMAS, MeanStdErr, parzen_log_likelihood, select_sigma
+from lightning_models.checkpoints import restore_network_configs
 from lightning_models.train_logging import log_train_metrics
 
 
@@ -93,6 +94,9 @@ class GAN(L.LightningModule):
         self.test_parzen = MeanStdErr()
         self._val_images: list[torch.Tensor] = []
         self._g_loss: torch.Tensor | None = None
+
+    def on_load_checkpoint(self, checkpoint):
+        restore_network_configs(self, checkpoint)
 
     def setup(self, stage: str) -> None:
         # each player's step leaves the other's parameters without a gradient, so under DDP the reducer must look

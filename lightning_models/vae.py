@@ -12,6 +12,7 @@ from torchmetrics import MeanMetric
 
 from lightning_models.nn.autoencoders import adam, mirrored_mlps
 from lightning_models.nn.vae import gaussian_kl, importance_weighted_nll, log_likelihood, reparameterize
+from lightning_models.checkpoints import restore_network_configs
 from lightning_models.train_logging import log_train_metrics
 
 
@@ -51,6 +52,9 @@ class VAE(L.LightningModule):
                              f"{likelihood} likelihood, got {decoder.out_channels}")
         self.encoder, self.decoder = encoder, decoder
         self.val_elbo, self.test_elbo, self.test_iw_nll = MeanMetric(), MeanMetric(), MeanMetric()
+
+    def on_load_checkpoint(self, checkpoint):
+        restore_network_configs(self, checkpoint)
 
     def encode_distribution(self, x):
         """The mean and log-variance of q(z|x)."""

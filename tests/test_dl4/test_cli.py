@@ -66,6 +66,7 @@ def test_config_trains_then_tests_from_its_checkpoint(config, tmp_path, mnist_ro
     loaded = model.state_dict()
     assert loaded.keys() == saved.keys()
     assert all(torch.equal(loaded[k], saved[k]) for k in saved)
+    assert not [k for k, v in model.hparams.items() if isinstance(v, torch.nn.Module)]  # configs, not objects
 
 
 def test_print_config_resolves_short_names_and_interpolation(tmp_path):
