@@ -5,5 +5,5 @@ from callbacks.memn2n import MemN2NAttention
 from callbacks.ntm import CopyGeneralisation, NTMMemoryTrace
 
 __all__ = ["CopyGeneralisation", "DecoderFilters", "EveryNEpochs", "GANSamples", "GANTrainingFigure",
-           "LatentInterpolation", "MemN2NAttention", "MomentumRamp", "NoiseInterpolation", "NTMMemoryTrace", "PriorSamples", "ReconstructionGrid",
-           "image_grid", "log_image"]
+           "LatentInterpolation", "MemN2NAttention", "MomentumRamp", "NoiseInterpolation", "NTMMemoryTrace",
+           "PriorSamples", "ReconstructionGrid", "image_grid", "log_image"]

@@ -21,13 +21,13 @@ def attention_rows(pl_module, datamodule, num_questions: int) -> list[dict]:
     predicted, attention = logits.argmax(-1).cpu(), attention.float().cpu()
     batch = type(batch)(*(t.cpu() for t in batch))
     rows = []
-    for b, index in enumerate(range(len(predicted))):
+    for b in range(len(predicted)):
         n = int(batch.n_memories[b])
         supports = set(batch.supports[b].tolist())
         question = datamodule.sentence(batch.queries[b])
         answer, guess = datamodule.vocab[int(batch.answers[b])], datamodule.vocab[int(predicted[b])]
         for slot in reversed(range(n)):  # slot 0 is the newest statement
-            rows.append({"question_id": index, "sentence": datamodule.sentence(batch.stories[b, slot]),
+            rows.append({"question_id": b, "sentence": datamodule.sentence(batch.stories[b, slot]),
                          "support": slot in supports, **{f"hop{k + 1}": float(attention[b, k, slot])
                                                          for k in range(attention.shape[1])},
                          "question": question, "answer": answer, "predicted": guess})

@@ -210,13 +210,7 @@ class GAN(L.LightningModule):
         dm = self.trainer.datamodule
         if dm is None:
             raise RuntimeError("GAN.test needs a datamodule: the Parzen bandwidth is chosen on its validation set")
-        valid = []
-        for batch in dm.val_dataloader():
-            batch = dm.on_after_batch_transfer(dm.transfer_batch_to_device(batch, self.device, 0), 0)
-            valid.append(batch[0])
-            if sum(map(len, valid)) >= self.hparams.test_valid:
-                break
-        valid = torch.cat(valid)[: self.hparams.test_valid]
+        valid = dm.fixed_batch(self.hparams.test_valid, device=self.device)[0]  # the first validation images
         g = torch.Generator(device=self.device).manual_seed(1)
         z = sample_noise(self.hparams.test_samples, self.noise_dim, self.hparams.prior, self.device, g)
         self._test_samples = torch.cat([self.generator(zb) for zb in z.split(1000)])
