@@ -1,0 +1,175 @@
+"""Spatial transformer networks (Jaderberg et al. 2015, sec. 3; slides "Spatial Transformer Networks"), plain torch.
+
+A spatial transformer warps its input U (B, C, H, W) into an output V (B, C, H', W') in three steps:
+
+    theta = f_loc(U)                                   the localisation net                 (sec. 3.1)
+    (x^s_i, y^s_i) = T_theta(G_i)                      the grid generator, for every target  (sec. 3.2, eq. 1)
+                                                       pixel G_i = (x^t_i, y^t_i)
+    V_i = sum_n sum_m U_nm max(0, 1 - |x^s_i - m|) max(0, 1 - |y^s_i - n|)   the bilinear sampler (sec. 3.3, eq. 5)
+
+Coordinates are normalised to [-1, 1] over the image (-1 the left/top edge, +1 the right/bottom edge), with
+``align_corners=False`` everywhere (``ALIGN_CORNERS``): pixel i of W lies at (2i + 1)/W - 1, so a grid generated for
+one size samples another size consistently, and the identity transform at the same size reads every pixel centre
+exactly. The sampler is ``F.grid_sample`` (bilinear, zeros outside the image), the slide's eq. 5 with U = 0 outside.
+"""
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ALIGN_CORNERS = False
+Transform = Literal["affine", "projective", "tps"]
+
+
+def target_grid(height: int, width: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """G: the normalised (x^t, y^t) of every output pixel centre, (H * W, 2), row by row."""
+    ys = (2 * torch.arange(height, device=device, dtype=dtype) + 1) / height - 1
+    xs = (2 * torch.arange(width, device=device, dtype=dtype) + 1) / width - 1
+    y, x = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([x.flatten(), y.flatten()], dim=-1)
+
+
+def affine_grid(theta: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """(x^s, y^s)^T = A_theta (x^t, y^t, 1)^T with A_theta (B, 2, 3) (eq. 1); returns the grid (B, H', W', 2)."""
+    return F.affine_grid(theta, list(size), align_corners=ALIGN_CORNERS)
+
+
+def projective_grid(theta: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """A homography: (x', y', w')^T = H_theta (x^t, y^t, 1)^T, (x^s, y^s) = (x'/w', y'/w') (sec. 3.2's "more
+    constrained and general" transforms). ``theta`` (B, 8) holds H's first 8 entries row by row; h_33 = 1.
+    Returns the grid (B, H', W', 2)."""
+    B, _, height, width = size
+    H = torch.cat([theta, theta.new_ones(B, 1)], dim=1).view(B, 3, 3)
+    G = target_grid(height, width, theta.device, theta.dtype)
+    G = torch.cat([G, G.new_ones(len(G), 1)], dim=1)  # homogeneous target coordinates (H'W', 3)
+    source = G @ H.transpose(1, 2)  # (B, H'W', 3)
+    return (source[..., :2] / source[..., 2:]).view(B, height, width, 2)
+
+
+def tps_kernel(r2: torch.Tensor) -> torch.Tensor:
+    """The thin-plate spline's radial basis U(r) = r^2 log r^2, written on r^2 (U(0) = 0)."""
+    return r2 * torch.log(r2.clamp_min(1e-12))
+
+
+def control_points(rows: int, cols: int) -> torch.Tensor:
+    """K = rows x cols control points on a regular grid spanning [-1, 1]^2, (K, 2) as (x, y)."""
+    y, x = torch.meshgrid(torch.linspace(-1, 1, rows), torch.linspace(-1, 1, cols), indexing="ij")
+    return torch.stack([x.flatten(), y.flatten()], dim=-1)
+
+
+class TPSGridGenerator(nn.Module):
+    """Thin-plate-spline grid generator (sec. 3.2): theta is where the K control points P_k of the target grid come
+    from in the source, P'_k (B, K, 2). The spline T(p) = a_0 + a_x x + a_y y + sum_k w_k U(|p - P_k|) with
+    T(P_k) = P'_k is linear in P': T(G) = M P' for a fixed M (the slide's T_theta = M_theta B), so the kernel system
+    is solved once, at construction, and a batch costs one matrix product.
+
+    Args:
+        grid: (rows, cols) of control points (the paper's 4 x 4).
+        size: (H', W') of the output grid.
+    """
+
+    def __init__(self, grid: Sequence[int] = (4, 4), size: Sequence[int] = (28, 28)):
+        super().__init__()
+        rows, cols = grid
+        if rows < 2 or cols < 2:
+            raise ValueError(f"tps_grid must be at least 2 x 2 control points, got {rows} x {cols}")
+        P = control_points(rows, cols).double()
+        K = len(P)
+        # [[U(|P_i - P_j|), 1, P], [(1, P)^T, 0]] [w; a] = [P'; 0]: Bookstein's system, solved once in float64
+        L = torch.zeros(K + 3, K + 3, dtype=torch.float64)
+        L[:K, :K] = tps_kernel(torch.cdist(P, P) ** 2)
+        L[:K, K] = L[K, :K] = 1
+        L[:K, K + 1:] = P
+        L[K + 1:, :K] = P.T
+        self.register_buffer("control", P.float())
+        self.register_buffer("inverse", torch.linalg.inv(L)[:, :K])  # (K + 3, K): [w; a] = inverse @ P'
+        self.size = tuple(size)
+        self.register_buffer("M", self.basis(target_grid(*self.size, dtype=torch.float64)).float())
+
+    def basis(self, points: torch.Tensor) -> torch.Tensor:
+        """M for arbitrary target points (N, 2): T(points) = M @ P', (N, K)."""
+        P = self.control.to(points.dtype)
+        B = torch.cat([tps_kernel(torch.cdist(points, P) ** 2), points.new_ones(len(points), 1), points], dim=1)
+        return B @ self.inverse.to(points.dtype)
+
+    def forward(self, theta: torch.Tensor) -> torch.Tensor:
+        """theta (B, 2K), the source positions P' -> the grid (B, H', W', 2)."""
+        source = self.M @ theta.view(len(theta), -1, 2)  # (B, H'W', 2)
+        return source.view(len(theta), *self.size, 2)
+
+
+def bilinear_sample(U: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """V_i = sum_n sum_m U_nm max(0, 1 - |x^s_i - m|) max(0, 1 - |y^s_i - n|) (eq. 5), U = 0 outside the image;
+    differentiable in U and in the sampling coordinates (eqs. 6-7)."""
+    return F.grid_sample(U, grid, mode="bilinear", padding_mode="zeros", align_corners=ALIGN_CORNERS)
+
+
+def identity_theta(transform: Transform, tps_grid: Sequence[int] = (4, 4)) -> torch.Tensor:
+    """The parameters of the identity transform, flat: what the localisation net's regression layer starts at."""
+    if transform == "affine":
+        return torch.tensor([1.0, 0, 0, 0, 1, 0])
+    if transform == "projective":
+        return torch.tensor([1.0, 0, 0, 0, 1, 0, 0, 0])
+    if transform == "tps":
+        return control_points(*tps_grid).flatten()
+    raise ValueError(f"unknown transform {transform!r}; choose affine, projective or tps")
+
+
+class SpatialTransformer(nn.Module):
+    """U (B, C, H, W) -> V (B, C, H', W'): localisation net, grid generator, bilinear sampler. Insert it anywhere in
+    a network (on the input, or on feature maps).
+
+    Args:
+        localisation: the localisation net's body, U -> features (B, F); a regression layer F -> theta follows,
+            initialised to the identity transform (weights 0, bias the identity's parameters), so the untrained
+            transformer passes its input through.
+        features: F, the size of the body's output.
+        transform: ``affine`` (6 parameters), ``projective`` (8) or ``tps`` (2K).
+        size: (H', W') of the output; a smaller size crops and rescales (the slides' region of interest).
+        tps_grid: (rows, cols) of the TPS control points.
+    """
+
+    def __init__(self, localisation: nn.Module, features: int, transform: Transform = "affine",
+                 size: Sequence[int] = (28, 28), tps_grid: Sequence[int] = (4, 4)):
+        super().__init__()
+        if len(size) != 2 or min(size) < 1:
+            raise ValueError(f"the transformer's output size must be two positive numbers (H', W'), got {list(size)}")
+        identity = identity_theta(transform, tps_grid)  # an unknown transform fails here
+        self.transform, self.size = transform, tuple(size)
+        self.localisation = localisation
+        self.regression = nn.Linear(features, len(identity))
+        with torch.no_grad():
+            self.regression.weight.zero_()
+            self.regression.bias.copy_(identity)
+        self.tps = TPSGridGenerator(tps_grid, size) if transform == "tps" else None
+
+    def theta(self, U: torch.Tensor) -> torch.Tensor:
+        """theta = f_loc(U), flat (B, parameters)."""
+        return self.regression(self.localisation(U))
+
+    def grid(self, theta: torch.Tensor, channels: int) -> torch.Tensor:
+        """T_theta(G): where every output pixel samples the input, (B, H', W', 2) in normalised coordinates."""
+        size = (len(theta), channels, *self.size)
+        if self.transform == "affine":
+            return affine_grid(theta.view(-1, 2, 3), size)
+        if self.transform == "projective":
+            return projective_grid(theta, size)
+        return self.tps(theta)
+
+    def forward(self, U: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """V and theta (the pictures and the scale statistics read theta)."""
+        theta = self.theta(U)
+        return bilinear_sample(U, self.grid(theta, U.shape[1])), theta
+
+
+def affine_scale_rotation(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The isotropic scale sqrt|det A| and the rotation atan2(a_21 - a_12, a_11 + a_22) (degrees) of affine
+    thetas (B, 6): a transformer that zooms in on a digit has a scale below 1 (it samples a smaller region)."""
+    A = theta.view(-1, 2, 3)[:, :, :2]
+    scale = torch.linalg.det(A).abs().sqrt()
+    rotation = torch.atan2(A[:, 1, 0] - A[:, 0, 1], A[:, 0, 0] + A[:, 1, 1]) * 180 / math.pi
+    return scale, rotation
