@@ -1,8 +1,9 @@
 from datamodules.algorithmic import AlgorithmicTasksDataModule
 from datamodules.babi import BabiDataModule
 from datamodules.data_root import DatasetNotFoundError, default_data_dir
+from datamodules.distorted_mnist import DistortedMNISTDataModule
 from datamodules.mnist import MNISTDataModule
 from datamodules.toy import Toy1DDataModule
 
-__all__ = ["AlgorithmicTasksDataModule", "BabiDataModule", "DatasetNotFoundError", "MNISTDataModule", "Toy1DDataModule",
-           "default_data_dir"]
+__all__ = ["AlgorithmicTasksDataModule", "BabiDataModule", "DatasetNotFoundError", "DistortedMNISTDataModule",
+           "MNISTDataModule", "Toy1DDataModule", "default_data_dir"]
