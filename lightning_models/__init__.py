@@ -3,7 +3,8 @@ from lightning_models.autoencoders import (Autoencoder, ContractiveAutoencoder, 
 from lightning_models.gan import GAN
 from lightning_models.memn2n import MemN2N
 from lightning_models.ntm import NTM, LSTMBaseline
+from lightning_models.stn import STNClassifier
 from lightning_models.vae import VAE
 
-__all__ = ["GAN", "MemN2N", "NTM", "LSTMBaseline", "VAE", "Autoencoder", "ContractiveAutoencoder", "DenoisingAutoencoder",
-           "KSparseAutoencoder", "SparseAutoencoder"]
+__all__ = ["GAN", "MemN2N", "NTM", "LSTMBaseline", "STNClassifier", "VAE", "Autoencoder", "ContractiveAutoencoder",
+           "DenoisingAutoencoder", "KSparseAutoencoder", "SparseAutoencoder"]

@@ -173,3 +173,44 @@ def affine_scale_rotation(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     scale = torch.linalg.det(A).abs().sqrt()
     rotation = torch.atan2(A[:, 1, 0] - A[:, 0, 1], A[:, 0, 0] + A[:, 1, 1]) * 180 / math.pi
     return scale, rotation
+
+
+def _flat_size(body: nn.Module, input_size: int, channels: int) -> int:
+    """The number of features ``body`` gives for one (channels, input_size, input_size) image."""
+    with torch.no_grad():
+        return body(torch.zeros(1, channels, input_size, input_size)).numel()
+
+
+class LocalisationCNN(nn.Module):
+    """f_loc's body for images: max-pool, then two 5 x 5 convolutions with max pooling and ReLU, then a hidden
+    layer of ``features`` units (the paper's ST-CNN localisation nets are small CNNs of this kind); the
+    ``SpatialTransformer`` adds the regression layer to theta."""
+
+    def __init__(self, input_size: int = 42, channels: int = 1, width: int = 20, features: int = 50):
+        super().__init__()
+        convolutions = nn.Sequential(
+            nn.MaxPool2d(2), nn.Conv2d(channels, width, 5), nn.ReLU(),
+            nn.MaxPool2d(2), nn.Conv2d(width, width, 5), nn.ReLU(), nn.Flatten())
+        self.net = nn.Sequential(convolutions, nn.Linear(_flat_size(convolutions, input_size, channels), features),
+                                 nn.ReLU())
+        self.features = features
+
+    def forward(self, U):
+        return self.net(U)
+
+
+class CNN(nn.Module):
+    """The baseline classifier of the paper's Table 1: two 5 x 5 convolutions, each followed by max pooling, and a
+    softmax layer over the classes (returns logits)."""
+
+    def __init__(self, input_size: int = 42, channels: int = 1, widths: Sequence[int] = (32, 64),
+                 num_classes: int = 10):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for n_in, n_out in zip([channels, *widths[:-1]], widths):
+            layers += [nn.Conv2d(n_in, n_out, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2)]
+        body = nn.Sequential(*layers, nn.Flatten())
+        self.net = nn.Sequential(body, nn.Linear(_flat_size(body, input_size, channels), num_classes))
+
+    def forward(self, x):
+        return self.net(x)

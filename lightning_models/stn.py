@@ -1,0 +1,78 @@
+"""Classifiers with a spatial transformer in front (Jaderberg et al. 2015, Table 1: CNN and ST-CNN).
+
+The transformer and the classifier are networks given in the config (``lightning_models.nn.stn``); without a
+transformer the model is the plain baseline. The optimiser comes from the config's ``optimizer:`` key
+(LightningCLI); without one, Adam at 1e-3. Errors are reported in %, as the paper's table does.
+"""
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_models.checkpoints import restore_network_configs
+from lightning_models.nn.stn import SpatialTransformer, affine_scale_rotation
+from lightning_models.train_logging import log_train_metrics
+
+
+class STNClassifier(L.LightningModule):
+    """logits = classifier(V), V = transformer(U) (or U itself without a transformer); cross-entropy.
+
+    Args:
+        classifier: images -> class logits, e.g. ``lightning_models.nn.stn.CNN``.
+        transformer: a ``SpatialTransformer`` in front of the classifier, or none (the baseline).
+        num_classes: classes of the accuracy metrics.
+    """
+
+    def __init__(self, classifier: nn.Module, transformer: SpatialTransformer | None = None, num_classes: int = 10):
+        super().__init__()
+        self.save_hyperparameters()
+        self.transformer, self.classifier = transformer, classifier
+        self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
+        self.test_accuracy = MulticlassAccuracy(num_classes, average="micro")
+        self.val_scale = MeanMetric()  # the affine transformer's mean scale: below 1 when it zooms in
+
+    def on_load_checkpoint(self, checkpoint):
+        restore_network_configs(self, checkpoint)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Class logits and the transformer's theta (None without a transformer)."""
+        theta = None
+        if self.transformer is not None:
+            x, theta = self.transformer(x)
+        return self.classifier(x), theta
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        logits, _ = self(x)
+        loss = F.cross_entropy(logits, y)
+        log_train_metrics(self, {"train/loss": loss.detach()})
+        return loss
+
+    def _evaluate(self, batch, accuracy: MulticlassAccuracy, stage: str):
+        x, y = batch
+        logits, theta = self(x)
+        accuracy.update(logits, y)
+        self.log(f"{stage}/loss", F.cross_entropy(logits, y), batch_size=len(y), sync_dist=True)
+        if theta is not None and self.transformer.transform == "affine" and stage == "val":
+            self.val_scale.update(affine_scale_rotation(theta)[0])
+            self.log("val/st_scale", self.val_scale)
+
+    def validation_step(self, batch, batch_idx):
+        self._evaluate(batch, self.val_accuracy, "val")
+
+    def on_validation_epoch_end(self):
+        self.log("val/error", 100 * (1 - self.val_accuracy.compute()), prog_bar=True)
+        self.val_accuracy.reset()
+
+    def test_step(self, batch, batch_idx):
+        self._evaluate(batch, self.test_accuracy, "test")
+
+    def on_test_epoch_end(self):
+        self.log("test/error", 100 * (1 - self.test_accuracy.compute()))
+        self.test_accuracy.reset()
+
+    def configure_optimizers(self):  # the default; the CLI's ``optimizer:`` key replaces it
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
