@@ -12,13 +12,12 @@ import math
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from datamodules.mnist import MNISTDataModule
 from datamodules.tensors import TensorBatchDataset
+from lightning_models.nn.stn import affine_grid, bilinear_sample
 
 Distortion = Literal["r", "rts"]
-ALIGN_CORNERS = False  # as lightning_models.nn.stn
 
 
 def distortion_parameters(n: int, distortion: Distortion, max_rotation: float, scale_range: tuple[float, float],
@@ -50,8 +49,7 @@ def placement_theta(angle: torch.Tensor, scale: torch.Tensor, centre: torch.Tens
 
 def place(x: torch.Tensor, theta: torch.Tensor, canvas: int) -> torch.Tensor:
     """Warp digits x (B, 1, 28, 28) onto canvases (B, 1, canvas, canvas): one affine_grid, one grid_sample."""
-    grid = F.affine_grid(theta, [len(x), x.shape[1], canvas, canvas], align_corners=ALIGN_CORNERS)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=ALIGN_CORNERS)
+    return bilinear_sample(x, affine_grid(theta, (len(x), x.shape[1], canvas, canvas)))  # the STN's own warp
 
 
 class DistortedMNISTDataModule(MNISTDataModule):

@@ -26,11 +26,9 @@ Transform = Literal["affine", "projective", "tps"]
 
 
 def target_grid(height: int, width: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """G: the normalised (x^t, y^t) of every output pixel centre, (H * W, 2), row by row."""
-    ys = (2 * torch.arange(height, device=device, dtype=dtype) + 1) / height - 1
-    xs = (2 * torch.arange(width, device=device, dtype=dtype) + 1) / width - 1
-    y, x = torch.meshgrid(ys, xs, indexing="ij")
-    return torch.stack([x.flatten(), y.flatten()], dim=-1)
+    """G: the normalised (x^t, y^t) of every output pixel centre, (H * W, 2), row by row (the identity's grid)."""
+    identity = torch.eye(2, 3, device=device, dtype=dtype).unsqueeze(0)
+    return F.affine_grid(identity, [1, 1, height, width], align_corners=ALIGN_CORNERS).view(-1, 2)
 
 
 def affine_grid(theta: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
