@@ -161,7 +161,10 @@ class SpatialTransformer(nn.Module):
     def forward(self, U: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """V and theta (the pictures and the scale statistics read theta)."""
         theta = self.theta(U)
-        return bilinear_sample(U, self.grid(theta, U.shape[1])), theta
+        # Coordinates in float32 even under mixed precision: bfloat16 would place a sample up to 0.1 pixel off.
+        with torch.autocast(U.device.type, enabled=False):
+            theta = theta.float()
+            return bilinear_sample(U.float(), self.grid(theta, U.shape[1])).to(U.dtype), theta
 
 
 def affine_scale_rotation(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

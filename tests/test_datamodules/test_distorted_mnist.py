@@ -1,12 +1,14 @@
-"""Distorted MNIST: the warp's parameters stay in their ranges and are what the digits show, the fixed sets are
-the same for the same seed, training batches are distorted afresh, and bad settings say which key."""
+"""Distorted MNIST: the warp's parameters stay in their ranges and are what the digits show, the projective,
+elastic and clutter warps do what they say, the fixed sets are the same for the same seed, training batches are
+distorted afresh, and bad settings say which key."""
 
 import pytest
 import torch
 
 from datamodules import DistortedMNISTDataModule
-from datamodules.distorted_mnist import distortion_parameters, place, placement_theta
-from lightning_models.nn.stn import affine_scale_rotation
+from datamodules.distorted_mnist import (clutter, distortion_parameters, elastic_grid, homography, place,
+                                        placement_theta, projective_theta)
+from lightning_models.nn.stn import affine_scale_rotation, projective_grid, target_grid
 
 
 def test_rts_parameters_lie_in_their_ranges_and_are_the_warps_scale_and_rotation():
@@ -32,6 +34,71 @@ def test_a_centred_unrotated_digit_at_scale_28_over_42_is_the_digit_pasted_in_th
 def test_r_rotates_within_plus_minus_90_and_keeps_28_pixels():
     angle, scale, centre = distortion_parameters(2000, "r", 90.0, (0.7, 1.2), 28, torch.Generator().manual_seed(1))
     assert angle.abs().max() <= 90 and (scale == 1).all() and (centre == 0).all()
+
+
+def apply_homography(theta, points):
+    H = torch.cat([theta, torch.ones(len(theta), 1)], 1).view(-1, 3, 3)
+    q = torch.cat([points, torch.ones(*points.shape[:2], 1)], -1) @ H.transpose(1, 2)
+    return q[..., :2] / q[..., 2:]
+
+
+def test_the_homography_maps_each_target_corner_onto_its_source_corner():
+    g = torch.Generator().manual_seed(0)
+    source, target = torch.rand(100, 4, 2, generator=g) * 2 - 1, torch.rand(100, 4, 2, generator=g) * 2 - 1
+    source, target = source.double(), target.double()
+    torch.testing.assert_close(apply_homography(homography(source, target), target), source)
+
+
+def test_p_without_noise_is_a_centred_scale_and_its_corners_move_by_corner_std_pixels():
+    theta = projective_theta(4, (1.0, 1.0), 0.0, 28)
+    grid = projective_grid(theta, (4, 1, 28, 28))
+    torch.testing.assert_close(grid, target_grid(28, 28).view(1, 28, 28, 2).expand(4, 28, 28, 2))
+    # the inverse of each sampling homography places the digit's corners: their offsets from the scaled square
+    theta = projective_theta(5000, (1.0, 1.0), 5.0, 28, torch.Generator().manual_seed(0)).double()
+    corners = torch.tensor([[-1.0, -1], [1, -1], [1, 1], [-1, 1]], dtype=torch.float64).expand(5000, 4, 2)
+    H = torch.cat([theta, torch.ones(5000, 1, dtype=theta.dtype)], 1).view(-1, 3, 3)
+    inverse = torch.linalg.inv(H)
+    q = torch.cat([corners, torch.ones(5000, 4, 1, dtype=theta.dtype)], -1) @ inverse.transpose(1, 2)
+    offset_pixels = (q[..., :2] / q[..., 2:] - corners) * 28 / 2
+    assert abs(offset_pixels.std().item() - 5.0) < 0.1 and abs(offset_pixels.mean().item()) < 0.1
+
+
+def test_e_is_the_identity_at_alpha_0_and_moves_pixels_by_a_few_pixels_at_simards_values():
+    identity = target_grid(28, 28).view(1, 28, 28, 2)
+    torch.testing.assert_close(elastic_grid(3, 0.0, 4.0, 28), identity.expand(3, 28, 28, 2))
+    displacement = (elastic_grid(500, 34.0, 4.0, 28, torch.Generator().manual_seed(0)) - identity) * 28 / 2
+    typical = displacement.abs().mean().item()
+    assert 0.3 < typical < 3  # smooth: a pixel or so, not the per-pixel noise of U(-34, 34)
+    neighbours = (displacement[:, 1:] - displacement[:, :-1]).abs().mean().item()
+    assert neighbours < typical / 4  # a smooth field: neighbours move together
+
+
+def test_tc_clutter_pieces_are_crops_of_other_digits_copied_at_whole_pixels():
+    x = torch.zeros(6, 1, 28, 28)
+    x[:, :, 4:24, 4:24] = torch.arange(1.0, 7.0).view(6, 1, 1, 1)  # digit i is a square of value i + 1
+    out = clutter(x, 60, 1, 8, torch.Generator().manual_seed(0))
+    assert out.shape == (6, 1, 60, 60)
+    for canvas in out:
+        rows, cols = canvas[0].nonzero().unbind(1)
+        if len(rows):  # a crop of the square's inside is a block of one digit's value, at most 8 x 8
+            assert rows.max() - rows.min() < 8 and cols.max() - cols.min() < 8
+            values = canvas.round(decimals=4).unique()  # copied to float precision
+            assert len(values) == 2 and values[1] in torch.arange(1.0, 7.0)
+    ones = torch.ones(4, 1, 28, 28)
+    torch.testing.assert_close(clutter(ones, 60, 1, 8).sum((1, 2, 3)), torch.full((4,), 64.0))  # one 8 x 8 piece
+
+
+@pytest.mark.parametrize("distortion, side", [("p", 28), ("e", 28), ("tc", 60)])
+def test_p_e_and_tc_batches(distortion, side, mnist_root):
+    dm = DistortedMNISTDataModule(distortion, data_dir=str(mnist_root), download=False, on_device=False)
+    dm.setup()
+    x, _ = dm.fixed_batch(64)
+    assert x.shape == (64, 1, side, side) and 0 <= x.min() and x.max() <= 1
+    assert (x.sum((1, 2, 3)) > 20).float().mean() > 0.95  # the digits are still there (P shrinks a rare one a lot)
+    digits = dm.val_set.tensors[0]
+    again = DistortedMNISTDataModule(distortion, data_dir=str(mnist_root), download=False, on_device=False)
+    again.setup()
+    assert torch.equal(again.val_set.tensors[0], digits)  # distorted once, from the seed
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +137,15 @@ def test_training_batches_are_distorted_afresh(rts):
 
 def test_bad_settings_name_their_key():
     with pytest.raises(ValueError, match="data.distortion"):
-        DistortedMNISTDataModule("tc")
+        DistortedMNISTDataModule("x")
+    with pytest.raises(ValueError, match="data.projective_scale_range"):
+        DistortedMNISTDataModule("p", projective_scale_range=(0, 1))
+    with pytest.raises(ValueError, match="data.elastic_sigma"):
+        DistortedMNISTDataModule("e", elastic_sigma=0)
+    with pytest.raises(ValueError, match="data.clutter_size"):
+        DistortedMNISTDataModule("tc", clutter_size=30)
+    with pytest.raises(ValueError, match="data.canvas"):
+        DistortedMNISTDataModule("p", canvas=42)
     with pytest.raises(ValueError, match="data.scale_range"):
         DistortedMNISTDataModule("rts", scale_range=(1.2, 0.7))
     with pytest.raises(ValueError, match="data.canvas"):
