@@ -29,7 +29,8 @@ def log_image(trainer: Trainer, key: str, grid: torch.Tensor, caption: str | Non
     logged_to_files = False
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
-            logger.log_image(key, [to_pil_image(grid)], step=step, caption=[caption] if caption else None)
+            captions = {"caption": [caption]} if caption else {}  # Lightning's log_image fails on caption=None
+            logger.log_image(key, [to_pil_image(grid)], step=step, **captions)
         elif isinstance(logger, TensorBoardLogger):
             logger.experiment.add_image(key, grid, global_step=step)
         elif not logged_to_files:

@@ -137,7 +137,7 @@ class SpatialTransformer(nn.Module):
         if len(size) != 2 or min(size) < 1:
             raise ValueError(f"the transformer's output size must be two positive numbers (H', W'), got {list(size)}")
         identity = identity_theta(transform, tps_grid)  # an unknown transform fails here
-        self.transform, self.size = transform, tuple(size)
+        self.transform, self.size, self.tps_grid = transform, tuple(size), tuple(tps_grid)
         self.localisation = localisation
         self.regression = nn.Linear(features, len(identity))
         with torch.no_grad():
@@ -201,17 +201,50 @@ class LocalisationCNN(nn.Module):
 
 
 class CNN(nn.Module):
-    """The baseline classifier of the paper's Table 1: two 5 x 5 convolutions, each followed by max pooling, and a
-    softmax layer over the classes (returns logits)."""
+    """The baseline classifier of the paper's Table 1: two 5 x 5 convolutions, each followed by max pooling, then
+    an optional hidden layer of ``hidden`` ReLU units (with dropout), and a softmax layer over the classes (returns
+    logits)."""
 
-    def __init__(self, input_size: int = 42, channels: int = 1, widths: Sequence[int] = (32, 64),
-                 num_classes: int = 10):
+    def __init__(self, input_size: int = 42, channels: int = 1, widths: Sequence[int] = (32, 64), hidden: int = 0,
+                 dropout: float = 0.0, num_classes: int = 10):
         super().__init__()
         layers: list[nn.Module] = []
         for n_in, n_out in zip([channels, *widths[:-1]], widths):
             layers += [nn.Conv2d(n_in, n_out, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2)]
         body = nn.Sequential(*layers, nn.Flatten())
-        self.net = nn.Sequential(body, nn.Linear(_flat_size(body, input_size, channels), num_classes))
+        flat = _flat_size(body, input_size, channels)
+        head: list[nn.Module] = [nn.Linear(flat, hidden), nn.ReLU()] if hidden else []
+        self.net = nn.Sequential(body, *head, nn.Dropout(dropout), nn.Linear(hidden or flat, num_classes))
 
     def forward(self, x):
         return self.net(x)
+
+
+class FCN(nn.Module):
+    """The paper's fully connected baseline (Table 1, FCN): hidden ReLU layers on the flattened image and a softmax
+    layer (returns logits). The default widths keep its parameters near the CNN's on 42 x 42 inputs."""
+
+    def __init__(self, input_size: int = 42, channels: int = 1, hidden: Sequence[int] = (64, 64),
+                 num_classes: int = 10):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        for n_in, n_out in zip([channels * input_size ** 2, *hidden[:-1]], hidden):
+            layers += [nn.Linear(n_in, n_out), nn.ReLU()]
+        self.net = nn.Sequential(*layers, nn.Linear(hidden[-1] if hidden else channels * input_size ** 2,
+                                                    num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class LocalisationFCN(nn.Module):
+    """f_loc's body as a fully connected net (the paper's ST-FCN): one hidden ReLU layer of ``features`` units on
+    the flattened image; the ``SpatialTransformer`` adds the regression layer to theta."""
+
+    def __init__(self, input_size: int = 42, channels: int = 1, features: int = 32):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(channels * input_size ** 2, features), nn.ReLU())
+        self.features = features
+
+    def forward(self, U):
+        return self.net(U)

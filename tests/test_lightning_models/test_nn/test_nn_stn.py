@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_models.nn.stn import (SpatialTransformer, TPSGridGenerator, affine_grid, affine_scale_rotation,
-                                     bilinear_sample, control_points, identity_theta, projective_grid)
+from lightning_models.nn.stn import (CNN, FCN, LocalisationCNN, LocalisationFCN, SpatialTransformer, TPSGridGenerator,
+                                     affine_grid, affine_scale_rotation, bilinear_sample, control_points,
+                                     identity_theta, projective_grid)
 
 
 def slide_sampler(U: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
@@ -86,6 +87,32 @@ def test_affine_scale_and_rotation_are_read_back():
     theta = torch.tensor([[s * math.cos(a), -s * math.sin(a), 0.1, s * math.sin(a), s * math.cos(a), 0]])
     scale, rotation = affine_scale_rotation(theta)
     assert scale.item() == pytest.approx(0.6) and rotation.item() == pytest.approx(30.0)
+
+
+def test_under_bfloat16_autocast_the_grid_and_the_sampling_stay_float32():
+    torch.manual_seed(0)
+    st = SpatialTransformer(LocalisationCNN(42), 50, "affine", (28, 28))
+    with torch.no_grad():
+        st.regression.bias.copy_(torch.tensor([0.7, 0.2, 0.013, -0.2, 0.7, -0.021]))
+    U = torch.rand(4, 1, 42, 42)
+    exact, theta = st(U)
+    with torch.autocast("cpu", torch.bfloat16):
+        V, theta_mixed = st(U)
+    assert theta_mixed.dtype == torch.float32 and V.dtype == torch.float32
+    # theta comes out of bfloat16 layers (a few thousandths off); the sampling of that theta is float32's
+    torch.testing.assert_close(V, bilinear_sample(U, st.grid(theta_mixed, 1)), atol=1e-6, rtol=0)
+    torch.testing.assert_close(V, exact, atol=0.05, rtol=0)
+
+
+@pytest.mark.parametrize("net, size", [(CNN(42), 42), (CNN(28, hidden=64, dropout=0.5), 28), (FCN(42), 42),
+                                       (FCN(28, hidden=()), 28)])
+def test_classifiers_give_logits_for_their_input_size(net, size):
+    assert net(torch.rand(3, 1, size, size)).shape == (3, 10)
+
+
+@pytest.mark.parametrize("body", [LocalisationCNN(60), LocalisationFCN(60)])
+def test_localisation_bodies_give_their_features(body):
+    assert body(torch.rand(2, 1, 60, 60)).shape == (2, body.features)
 
 
 def test_bad_settings_fail_with_the_name_of_what_is_wrong():
