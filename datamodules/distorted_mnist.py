@@ -17,6 +17,7 @@ from torchvision.transforms.v2.functional import gaussian_blur
 
 from datamodules.mnist import MNISTDataModule
 from datamodules.tensors import TensorBatchDataset
+from lightning_models.errors import ConfigError
 from lightning_models.nn.stn import affine_grid, bilinear_sample, projective_grid, target_grid
 
 Distortion = Literal["r", "rts", "p", "e", "tc"]
@@ -145,7 +146,8 @@ class DistortedMNISTDataModule(MNISTDataModule):
     S = ``canvas`` (28 for R, P and E, 42 for RTS, 60 for TC).
 
     Args:
-        distortion: ``r``, ``rts``, ``p``, ``e`` or ``tc`` (the paper's appendix A.1; where it leaves a value open, the choice is said):
+        distortion: ``r``, ``rts``, ``p``, ``e`` or ``tc`` (the paper's appendix A.1; where it leaves a value
+            open, the choice is said):
             R: rotation U(-90, 90). RTS: rotation U(-45, 45), scale U(0.7, 1.2), a random place on a 42 x 42
             canvas. P: scale U(0.75, 1), then each corner moved by N(0, 5 pixels), a projective warp.
             E: an elastic distortion. TC: the digit at a random place of a 60 x 60 canvas with ``clutter_pieces``
@@ -170,20 +172,20 @@ class DistortedMNISTDataModule(MNISTDataModule):
                  seed: int = 0, on_device: bool = True):
         super().__init__(data_dir, batch_size, eval_batch_size, val_size, "random", "none", download, seed, on_device)
         if distortion not in ("r", "rts", "p", "e", "tc"):
-            raise ValueError(f"data.distortion must be one of r, rts, p, e, tc, got {distortion!r}")
+            raise ConfigError(f"data.distortion must be one of r, rts, p, e, tc, got {distortion!r}")
         for key, (low, high) in (("scale_range", scale_range), ("projective_scale_range", projective_scale_range)):
             if not 0 < low <= high:
-                raise ValueError(f"data.{key} must be (low, high) with 0 < low <= high, got {[low, high]}")
+                raise ConfigError(f"data.{key} must be (low, high) with 0 < low <= high, got {[low, high]}")
         if min(corner_std, elastic_alpha, elastic_sigma) < 0 or elastic_sigma == 0:
-            raise ValueError("data.corner_std, data.elastic_alpha must be >= 0 and data.elastic_sigma > 0")
+            raise ConfigError("data.corner_std, data.elastic_alpha must be >= 0 and data.elastic_sigma > 0")
         if clutter_pieces < 0 or not 1 <= clutter_size <= 28:
-            raise ValueError(f"data.clutter_pieces must be >= 0 and data.clutter_size 1-28, got {clutter_pieces}, "
+            raise ConfigError(f"data.clutter_pieces must be >= 0 and data.clutter_size 1-28, got {clutter_pieces}, "
                              f"{clutter_size}")
         if canvas is not None and distortion not in CANVAS:
-            raise ValueError(f"data.canvas is for rts and tc; {distortion} keeps the 28 x 28 digit")
+            raise ConfigError(f"data.canvas is for rts and tc; {distortion} keeps the 28 x 28 digit")
         self.canvas = canvas if canvas is not None else CANVAS.get(distortion, 28)
         if self.canvas < 28:
-            raise ValueError(f"data.canvas must be at least 28 pixels, got {self.canvas}")
+            raise ConfigError(f"data.canvas must be at least 28 pixels, got {self.canvas}")
         self.distortion, self.scale_range = distortion, tuple(scale_range)
         self.max_rotation = max_rotation if max_rotation is not None else (90.0 if distortion == "r" else 45.0)
         self.projective_scale_range, self.corner_std = tuple(projective_scale_range), corner_std

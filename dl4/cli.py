@@ -23,6 +23,7 @@ import callbacks  # noqa: F401  (makes the callbacks' short names known to the p
 import datamodules  # noqa: F401
 import lightning_models  # noqa: F401
 from datamodules import DatasetNotFoundError
+from lightning_models.errors import ConfigError
 
 TRAINER_DEFAULTS = {
     "logger": {"class_path": "lightning.pytorch.loggers.WandbLogger",
@@ -128,9 +129,24 @@ def main(args=None) -> None:
     configure_runtime()
     try:
         DL4CLI(args=args)
-    except DatasetNotFoundError as err:
-        print(f"dl4: error: {err}", file=sys.stderr)
-        sys.exit(1)
+    except Exception as err:
+        cause = user_error(err)
+        if cause is None:
+            raise
+        print(f"dl4: error: {cause}", file=sys.stderr)
+        sys.exit(1 if isinstance(cause, DatasetNotFoundError) else 2)
+
+
+def user_error(err: BaseException) -> Exception | None:
+    """The missing dataset or impossible setting behind ``err``, if one is: jsonargparse wraps the errors of the
+    classes it builds (a network inside a model's ``init_args``) in its own, so the chain is searched."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, (DatasetNotFoundError, ConfigError)):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_models.errors import ConfigError
+
 ALIGN_CORNERS = False
 Transform = Literal["affine", "projective", "tps"]
 
@@ -74,7 +76,7 @@ class TPSGridGenerator(nn.Module):
         super().__init__()
         rows, cols = grid
         if rows < 2 or cols < 2:
-            raise ValueError(f"tps_grid must be at least 2 x 2 control points, got {rows} x {cols}")
+            raise ConfigError(f"SpatialTransformer tps_grid must be at least 2 x 2 control points, got {rows} x {cols}")
         P = control_points(rows, cols).double()
         K = len(P)
         # [[U(|P_i - P_j|), 1, P], [(1, P)^T, 0]] [w; a] = [P'; 0]: Bookstein's system, solved once in float64
@@ -114,7 +116,7 @@ def identity_theta(transform: Transform, tps_grid: Sequence[int] = (4, 4)) -> to
         return torch.tensor([1.0, 0, 0, 0, 1, 0, 0, 0])
     if transform == "tps":
         return control_points(*tps_grid).flatten()
-    raise ValueError(f"unknown transform {transform!r}; choose affine, projective or tps")
+    raise ConfigError(f"SpatialTransformer transform must be affine, projective or tps, got {transform!r}")
 
 
 class SpatialTransformer(nn.Module):
@@ -126,16 +128,18 @@ class SpatialTransformer(nn.Module):
             initialised to the identity transform (weights 0, bias the identity's parameters), so the untrained
             transformer passes its input through.
         features: F, the size of the body's output.
-        transform: ``affine`` (6 parameters), ``projective`` (8) or ``tps`` (2K).
+        transform: ``affine`` (6 parameters), ``projective`` (8) or ``tps`` (2K); a ``str`` rather than a
+            ``Literal``, so that a wrong name gets dl4's one-line error rather than the parser's page.
         size: (H', W') of the output; a smaller size crops and rescales (the slides' region of interest).
         tps_grid: (rows, cols) of the TPS control points.
     """
 
-    def __init__(self, localisation: nn.Module, features: int, transform: Transform = "affine",
+    def __init__(self, localisation: nn.Module, features: int, transform: str = "affine",
                  size: Sequence[int] = (28, 28), tps_grid: Sequence[int] = (4, 4)):
         super().__init__()
         if len(size) != 2 or min(size) < 1:
-            raise ValueError(f"the transformer's output size must be two positive numbers (H', W'), got {list(size)}")
+            raise ConfigError(f"SpatialTransformer size (the output's H', W') must be two positive numbers, got "
+                              f"{list(size)}")
         identity = identity_theta(transform, tps_grid)  # an unknown transform fails here
         self.transform, self.size, self.tps_grid = transform, tuple(size), tuple(tps_grid)
         self.localisation = localisation

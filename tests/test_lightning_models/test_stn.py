@@ -28,3 +28,19 @@ def test_st_cnn_learns_rts_and_zooms_in_and_beats_the_cnn_on_the_same_budget(mni
     assert st_accuracy > 0.7, st_accuracy
     assert scale < 0.9, scale  # it samples a smaller region than the 42 x 42 canvas: the digit
     assert st_accuracy > cnn_accuracy + 0.1, (st_accuracy, cnn_accuracy)
+
+
+def test_impossible_transformer_settings_are_one_line_errors_before_any_run(tmp_path, mnist_root):
+    from conftest import dl4
+
+    for setting, message in (
+            ("--model.init_args.transformer.init_args.transform=similarity",
+             "SpatialTransformer transform must be affine, projective or tps, got 'similarity'"),
+            ("--model.init_args.transformer.init_args.tps_grid=[1,4]", "SpatialTransformer tps_grid must be at least 2 x 2"),
+            ("--model.init_args.transformer.init_args.size=[0,28]", "SpatialTransformer size"),
+            ("--data.init_args.clutter_size=30", "data.clutter_size")):
+        out = dl4("fit", "--config", CONFIGS / "st_cnn_tps_rts_mnist.yaml", setting, cwd=tmp_path, data_root=mnist_root)
+        assert out.returncode == 2, out.stderr[-2000:]
+        (line,) = [line for line in out.stderr.splitlines() if line.startswith("dl4: error:")]
+        assert message in line and "Traceback" not in out.stderr
+        assert not (tmp_path / "runs").exists()  # no W&B run, no checkpoint folder

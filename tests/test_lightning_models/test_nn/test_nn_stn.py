@@ -117,9 +117,9 @@ def test_localisation_bodies_give_their_features(body):
 
 def test_bad_settings_fail_with_the_name_of_what_is_wrong():
     body = nn.Flatten()
-    with pytest.raises(ValueError, match="unknown transform 'similarity'"):
+    with pytest.raises(ValueError, match="SpatialTransformer transform must be affine, projective or tps, got 'similarity'"):
         SpatialTransformer(body, 4, "similarity")
-    with pytest.raises(ValueError, match="tps_grid must be at least 2 x 2"):
+    with pytest.raises(ValueError, match="SpatialTransformer tps_grid must be at least 2 x 2"):
         SpatialTransformer(body, 4, "tps", tps_grid=(1, 4))
-    with pytest.raises(ValueError, match="output size"):
+    with pytest.raises(ValueError, match="SpatialTransformer size"):
         SpatialTransformer(body, 4, "affine", size=(0, 28))
