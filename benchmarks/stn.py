@@ -13,7 +13,8 @@ tutorial's recipe.
     python benchmarks/stn.py speed [--steps 300]
         images per second of training, the PyTorch tutorial's STN (torchvision MNIST through a DataLoader with
         ToTensor/Normalize, batch 64, a plain loop) against the same network and batch trained by dl4
-        (STNClassifier, MNIST kept as a tensor on the device, Lightning's loop), in one process, side by side.
+        (STNClassifier, MNIST kept as a tensor on the device, Lightning's loop; float32 and bfloat16 mixed), and
+        the ceiling (a plain loop over one batch in memory), in one process, side by side.
 
 Every model runs as its config says (Adam, the learning rate annealed to 0 by a cosine over the run, batch 256), with
 ``T_max`` set to the given epochs, so a short budget ends annealed rather than mid-descent.
@@ -132,10 +133,11 @@ def speed(args):
     root = Path(default_data_dir())
     rows = []
 
-    # The tutorial's recipe: per-image PIL -> ToTensor -> Normalize in DataLoader workers, batch 64, SGD 0.01.
+    # The tutorial's recipe: per-image PIL -> ToTensor -> Normalize in DataLoader workers, batch 64, SGD 0.01,
+    # its network as it is (NCHW).
     torch.manual_seed(0)
     transformer, classifier = tutorial_networks()
-    model = STNClassifier(classifier, transformer)
+    model = STNClassifier(classifier, transformer, channels_last=False)
     loader = torch.utils.data.DataLoader(
         datasets.MNIST(root, train=True, download=False, transform=transforms.Compose(
             [transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])),
@@ -154,10 +156,26 @@ def speed(args):
         if step == 20 + args.steps:
             break
     tutorial = seen / timer.elapsed
-    rows.append(["PyTorch tutorial (DataLoader, ToTensor/Normalize, plain loop)", parameters(model), 64,
+    rows.append(["PyTorch tutorial (DataLoader, ToTensor/Normalize, plain loop)", "32-true", parameters(model), 64,
                  f"{tutorial:,.0f}", "1.0x"])
 
-    # dl4: the same networks in STNClassifier, MNIST as a uint8 tensor on the device, Lightning's loop.
+    # The ceiling: the same network (channels-last), a plain loop over batches already in memory, no data pipeline.
+    torch.manual_seed(0)
+    model = STNClassifier(*tutorial_networks()[::-1])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    for step in range(20 + args.steps):
+        if step == 20:
+            timer = Timer().__enter__()
+        optimizer.zero_grad()
+        F.cross_entropy(model(x)[0], y).backward()
+        optimizer.step()
+    ceiling = 64 * args.steps / timer.elapsed
+    rows.append(["the same network, a plain loop on one batch in memory (no data at all)", "32-true",
+                 parameters(model), 64, f"{ceiling:,.0f}", f"{ceiling / tutorial:.1f}x"])
+
+    # dl4: the same networks in STNClassifier (channels-last weights), MNIST as a uint8 tensor on the device,
+    # Lightning's loop; in float32 as the tutorial, then in bfloat16 mixed precision.
     class Throughput(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             if batch_idx == 20:
@@ -167,19 +185,20 @@ def speed(args):
             if batch_idx > 20:
                 self.seen += len(batch[1])
 
-    torch.manual_seed(0)
-    transformer, classifier = tutorial_networks()
-    model = STNClassifier(classifier, transformer)
-    model.configure_optimizers = lambda: torch.optim.SGD(model.parameters(), lr=0.01)
-    meter = Throughput()
-    trainer = L.Trainer(max_steps=21 + args.steps, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[meter],
-                        limit_val_batches=0, accelerator="auto", devices=1)
-    trainer.fit(model, datamodule=MNISTDataModule(str(root), batch_size=64))
-    ours = meter.seen / meter.timer.elapsed
-    rows.append(["dl4 (STNClassifier, MNIST on the device, Lightning)", parameters(model), 64, f"{ours:,.0f}",
-                 f"{ours / tutorial:.1f}x"])
-    write_table("stn_speed", ["training", "parameters", "batch", "images / s", "speed-up"], rows,
+    for precision in ("32-true", "bf16-mixed"):
+        torch.manual_seed(0)
+        transformer, classifier = tutorial_networks()
+        model = STNClassifier(classifier, transformer)
+        model.configure_optimizers = lambda: torch.optim.SGD(model.parameters(), lr=0.01)
+        meter = Throughput()
+        trainer = L.Trainer(max_steps=21 + args.steps, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, callbacks=[meter],
+                            limit_val_batches=0, accelerator="auto", devices=1, precision=precision)
+        trainer.fit(model, datamodule=MNISTDataModule(str(root), batch_size=64))
+        ours = meter.seen / meter.timer.elapsed
+        rows.append(["dl4 (STNClassifier, MNIST on the device, Lightning)", precision, parameters(model), 64,
+                     f"{ours:,.0f}", f"{ours / tutorial:.1f}x"])
+    write_table("stn_speed", ["training", "precision", "parameters", "batch", "images / s", "speed-up"], rows,
                 {"steps": args.steps})
 
 

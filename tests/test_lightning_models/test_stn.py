@@ -9,7 +9,7 @@ from lightning_models.nn.stn import affine_scale_rotation
 
 def accuracy_after(config: str, steps: int = 150):
     """The config's model (seed 0) after ``steps`` Adam steps of batch 64 on RTS, on 2,000 fixed validation digits:
-    (accuracy, the affine transformer's mean scale or None). About 8 s on 2 cores."""
+    (accuracy, the affine transformer's mean scale or None). About 5-8 s on 2 cores."""
     run = build_from_config(CONFIGS / config, "--data.init_args.batch_size=64")
     L.Trainer(max_steps=steps, limit_val_batches=0, logger=False, enable_checkpointing=False,
               enable_progress_bar=False, enable_model_summary=False).fit(run.model, run.datamodule)
@@ -21,13 +21,13 @@ def accuracy_after(config: str, steps: int = 150):
 
 
 def test_st_cnn_learns_rts_and_zooms_in_and_beats_the_cnn_on_the_same_budget(mnist_root):
-    """Measured (seeds 0, 1, 2): ST-CNN 81.5, 77.3, 86.8% with mean scale 0.79, 0.74, 0.71; CNN 50.2, 54.4, 63.6%.
-    Untrained, both are at chance (10%) and the transformer's scale is exactly 1."""
+    """Measured (seeds 0, 1, 2), the configs as they are: ST-CNN 75.9, 68.4, 85.4% with mean scale 0.68, 0.71,
+    0.66; CNN 54.5, 34.1, 52.4%. Untrained, both are at chance (10%) and the transformer's scale is exactly 1."""
     st_accuracy, scale = accuracy_after("st_cnn_rts_mnist.yaml")
     cnn_accuracy, _ = accuracy_after("cnn_rts_mnist.yaml")
-    assert st_accuracy > 0.7, st_accuracy
-    assert scale < 0.9, scale  # it samples a smaller region than the 42 x 42 canvas: the digit
-    assert st_accuracy > cnn_accuracy + 0.1, (st_accuracy, cnn_accuracy)
+    assert st_accuracy > 0.6, st_accuracy
+    assert scale < 0.8, scale  # it samples a smaller region than the 42 x 42 canvas: the digit
+    assert st_accuracy > cnn_accuracy + 0.15, (st_accuracy, cnn_accuracy)
 
 
 def test_impossible_transformer_settings_are_one_line_errors_before_any_run(tmp_path, mnist_root):
@@ -44,3 +44,21 @@ def test_impossible_transformer_settings_are_one_line_errors_before_any_run(tmp_
         (line,) = [line for line in out.stderr.splitlines() if line.startswith("dl4: error:")]
         assert message in line and "Traceback" not in out.stderr
         assert not (tmp_path / "runs").exists()  # no W&B run, no checkpoint folder
+
+
+def test_channels_last_gives_the_same_logits_and_theta():
+    from lightning_models import STNClassifier
+    from lightning_models.nn.stn import CNN, LocalisationCNN, SpatialTransformer
+
+    def model(channels_last):
+        torch.manual_seed(0)
+        st = SpatialTransformer(LocalisationCNN(42), 50, "affine", (28, 28))
+        with torch.no_grad():
+            st.regression.bias.add_(0.1 * torch.randn(6))
+        return STNClassifier(CNN(28, hidden=32), st, channels_last=channels_last).eval()
+
+    x = torch.rand(8, 1, 42, 42)
+    (a, theta_a), (b, theta_b) = model(True)(x), model(False)(x)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(theta_a, theta_b)
+    assert model(True).classifier.net[0][0].weight.is_contiguous(memory_format=torch.channels_last)
