@@ -77,7 +77,7 @@ def projective_theta(n: int, scale_range: tuple[float, float], corner_std: float
     """P: the digit scaled by U(scale_range) about the centre, then each of its 4 corners moved by Gaussian noise of
     ``corner_std`` pixels; returns the sampling homographies (B, 8), canvas -> digit, for ``projective_grid``.
     A draw whose corners are not a clearly convex quadrilateral (every interior angle under 150 degrees) is drawn
-    again: at 5 pixels about one in 20 is, and a homography through such corners sends a corner near infinity
+    again: at 5 pixels about one in 12 is, and a homography through such corners sends a corner near infinity
     and folds the digit away."""
     corners = torch.tensor([[-1.0, -1], [1, -1], [1, 1], [-1, 1]], device=device).expand(n, 4, 2)
     scale = _uniform(*scale_range, (n, 1, 1), generator, device)
