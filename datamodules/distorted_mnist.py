@@ -108,7 +108,8 @@ def projective_warp(x: torch.Tensor, theta: torch.Tensor, size: int) -> torch.Te
     G = target_grid(size, size, x.device)
     w = 1 + G @ theta[:, 6:].T  # (size * size, B): the third homogeneous coordinate of every target pixel
     grid = grid.masked_fill((w <= 0).T.reshape(len(x), size, size, 1), 2.0)  # 2: outside the image, sampled as 0
-    return bilinear_sample(x, grid)
+    # w' rounding to 0 gives inf (or 0/0), which grid_sample turns into NaN: such points are outside, too
+    return bilinear_sample(x, grid.nan_to_num(2.0, 2.0, -2.0))
 
 
 def elastic_grid(n: int, alpha: float, sigma: float, size: int, generator: torch.Generator | None = None,
