@@ -2,7 +2,7 @@
 tutorial's recipe.
 
     python benchmarks/stn.py table --out benchmarks/results/stn/ [--distortion rts] [--models cnn st_cnn ...]
-                                   [--epochs 20] [--precision bf16-mixed] [-- CLI arguments]
+                                   [--epochs 40] [--precision bf16-mixed] [-- CLI arguments]
         trains every model of the distortion's row (its configs/, the same epochs, schedule, batch and seed for
         each), one after the other, prints the validation error after every epoch, tests the last model on the
         fixed test set and writes <out>/<distortion>_<model>.json as each finishes (a stopped run keeps the models
