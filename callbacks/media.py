@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.seed import isolate_rng
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 from torchvision.utils import make_grid, save_image
@@ -98,7 +99,9 @@ def evaluating(pl_module: L.LightningModule):
 class EveryNEpochs(L.Callback):
     """Calls ``draw(trainer, pl_module)`` after every ``every_n_epochs``-th validation epoch (not the sanity check),
     on global rank zero only, in eval mode without gradients. A picture's fixed input comes from
-    ``trainer.datamodule.fixed_batch(n, seed, device)``, the same examples every time."""
+    ``trainer.datamodule.fixed_batch(n, seed, device)``, the same examples every time. Drawing leaves the global
+    random generators as it found them (``isolate_rng``): a picture that samples must not change the training
+    that follows, nor make rank zero's random numbers differ from the other ranks'."""
 
     def __init__(self, every_n_epochs: int = 1):
         self.every_n_epochs = every_n_epochs
@@ -107,7 +110,7 @@ class EveryNEpochs(L.Callback):
     def on_validation_epoch_end(self, trainer, pl_module):
         if trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs:
             return
-        with evaluating(pl_module):
+        with evaluating(pl_module), isolate_rng():
             self.draw(trainer, pl_module)
 
     def draw(self, trainer, pl_module) -> None:

@@ -18,7 +18,10 @@ from typing import Literal
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from lightning_models.errors import ConfigError
 
 Task = Literal["copy", "repeat_copy", "associative_recall"]
 
@@ -66,7 +69,7 @@ def repeat_copy_batch(batch_size: int, length: int, repeats: int, width: int, mi
 def associative_recall_batch(batch_size: int, items: int, width: int, item_length: int, generator: torch.Generator):
     """inputs ((L+1)(item_length+1) + item_length, B, width+2); targets (item_length, B, width)."""
     if items < 2:
-        raise ValueError(f"associative recall needs at least 2 items, got {items}")
+        raise ConfigError(f"associative recall needs at least 2 items, got {items}")
     content = random_bits((items, item_length, batch_size, width), generator)
     step = item_length + 1
     inputs = torch.zeros((items + 1) * step + item_length, batch_size, width + 2)
@@ -81,17 +84,40 @@ def associative_recall_batch(batch_size: int, items: int, width: int, item_lengt
     return inputs, targets
 
 
-class AlgorithmicTasks(IterableDataset):
-    """An endless stream of training batches, lengths drawn uniformly from [min_length, max_length]."""
+class AlgorithmicTasks(Dataset):
+    """An endless stream of training batches, addressed by index: batch ``i`` is drawn (its length uniformly from
+    [min_length, max_length], then its bits) from a generator seeded by ``(seed, i)`` alone. So the stream is the
+    same whatever is resumed, prefetched or split across processes: a run resumed from a checkpoint continues it
+    where it stopped (the loader's sampler says where), rather than starting it again."""
 
     def __init__(self, make_batch, min_length: int, max_length: int, seed: int):
         self.make_batch, self.min_length, self.max_length, self.seed = make_batch, min_length, max_length, seed
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        generator = torch.Generator().manual_seed(self.seed)
-        while True:
-            length = int(torch.randint(self.min_length, self.max_length + 1, (), generator=generator))
-            yield self.make_batch(length, generator)
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        generator = torch.Generator().manual_seed(self.seed * 2**40 + i)
+        length = int(torch.randint(self.min_length, self.max_length + 1, (), generator=generator))
+        return self.make_batch(length, generator)
+
+
+class EpochRange(DistributedSampler):
+    """Epoch ``e`` is the stream's batches ``e * n`` to ``(e + 1) * n - 1`` (Lightning calls ``set_epoch``).
+
+    A ``DistributedSampler`` only in type: under DDP Lightning then leaves it alone (each rank already reads its own
+    stream, seeded by its rank), where it would wrap any other sampler in one that never passes the epoch on.
+    """
+
+    def __init__(self, n: int):  # not super().__init__, which wants a dataset and a process group
+        self.n, self.epoch = n, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        # a generator: the epoch is read at the first index (a resumed run makes its iterator before set_epoch)
+        yield from range(self.epoch * self.n, (self.epoch + 1) * self.n)
 
 
 class AlgorithmicTasksDataModule(L.LightningDataModule):
@@ -118,14 +144,14 @@ class AlgorithmicTasksDataModule(L.LightningDataModule):
                  test_lengths: Sequence[int] = (10, 20, 30, 50, 80, 120), test_per_length: int = 64, seed: int = 0):
         super().__init__()
         if task not in ("copy", "repeat_copy", "associative_recall"):
-            raise ValueError(f"data.task: unknown task {task!r}; choose copy, repeat_copy or associative_recall")
+            raise ConfigError(f"data.task: unknown task {task!r}; choose copy, repeat_copy or associative_recall")
         if not 1 <= min_length <= max_length:
-            raise ValueError(f"data.min_length and data.max_length must satisfy 1 <= min <= max, got "
+            raise ConfigError(f"data.min_length and data.max_length must satisfy 1 <= min <= max, got "
                              f"{min_length} and {max_length}")
         if task == "associative_recall" and min_length < 2:
-            raise ValueError("data.min_length: associative recall needs at least 2 items")
+            raise ConfigError("data.min_length: associative recall needs at least 2 items")
         if not 1 <= min_repeats <= max_repeats:
-            raise ValueError(f"data.min_repeats and data.max_repeats must satisfy 1 <= min <= max, got "
+            raise ConfigError(f"data.min_repeats and data.max_repeats must satisfy 1 <= min <= max, got "
                              f"{min_repeats} and {max_repeats}")
         self.save_hyperparameters()
         self.task = task
@@ -179,28 +205,12 @@ class AlgorithmicTasksDataModule(L.LightningDataModule):
         self.test_batches = self._fixed_set(self.test_lengths, hp.test_per_length, hp.seed + 2)
 
     def train_dataloader(self):
-        stream = self.train_set
-        limited = _Take(stream, self.hparams.batches_per_epoch)
-        return DataLoader(limited, batch_size=None)
+        # stateful: a checkpoint saved mid-epoch records how far into the epoch's range the loader was
+        return StatefulDataLoader(self.train_set, batch_size=None, sampler=EpochRange(self.hparams.batches_per_epoch),
+                                  generator=torch.Generator())
 
     def val_dataloader(self):
         return DataLoader(self.val_batches, batch_size=None)
 
     def test_dataloader(self):
         return DataLoader(self.test_batches, batch_size=None)
-
-
-class _Take(IterableDataset):
-    """The next ``n`` batches of an endless stream: one training epoch (the stream continues across epochs)."""
-
-    def __init__(self, stream: AlgorithmicTasks, n: int):
-        self.iterator, self.n, self.stream = None, n, stream
-
-    def __len__(self):
-        return self.n
-
-    def __iter__(self):
-        if self.iterator is None:
-            self.iterator = iter(self.stream)
-        for _ in range(self.n):
-            yield next(self.iterator)

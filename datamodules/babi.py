@@ -18,6 +18,7 @@ import torch
 
 from datamodules.data_root import DatasetNotFoundError, default_data_dir
 from datamodules.tensors import TensorBatchDataset, first_examples, tensor_loader
+from lightning_models.errors import ConfigError
 
 TASKS = {1: "single-supporting-fact", 2: "two-supporting-facts", 3: "three-supporting-facts",
          4: "two-arg-relations", 5: "three-arg-relations", 6: "yes-no-questions", 7: "counting", 8: "lists-sets",
@@ -132,14 +133,14 @@ class BabiDataModule(L.LightningDataModule):
         task_list = list(range(1, 21)) if tasks == "all" else [tasks] if isinstance(tasks, int) else list(tasks)
         bad = [t for t in task_list if t not in TASKS]
         if bad or not task_list:
-            raise ValueError(f"data.tasks: {tasks!r} holds no valid task numbers {bad or ''}; use 1-20, a list of "
+            raise ConfigError(f"data.tasks: {tasks!r} holds no valid task numbers {bad or ''}; use 1-20, a list of "
                              f"them, or 'all'")
         if variant == "en-10k" and tasks == "all":
             task_list.remove(3)  # the distribution lacks qa3's en-10k training file
         if vocabulary not in ("tasks", "all"):
-            raise ValueError(f"data.vocabulary must be 'tasks' or 'all', got {vocabulary!r}")
+            raise ConfigError(f"data.vocabulary must be 'tasks' or 'all', got {vocabulary!r}")
         if memory_size < 1 or not 0 < val_fraction < 1:
-            raise ValueError(f"data.memory_size must be >= 1 and data.val_fraction in (0, 1), got {memory_size} "
+            raise ConfigError(f"data.memory_size must be >= 1 and data.val_fraction in (0, 1), got {memory_size} "
                              f"and {val_fraction}")
         self.data_dir = data_dir or default_data_dir()
         self.folder = Path(self.data_dir) / FOLDER / variant

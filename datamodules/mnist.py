@@ -14,6 +14,7 @@ from torchvision.datasets import MNIST
 
 from datamodules.data_root import DatasetNotFoundError, default_data_dir
 from datamodules.tensors import TensorBatchDataset, first_examples, tensor_loader
+from lightning_models.errors import ConfigError
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -57,7 +58,7 @@ class MNISTDataModule(L.LightningDataModule):
                  on_device: bool = True):
         super().__init__()
         if not 0 < val_size < 60000:
-            raise ValueError(f"data.val_size must be between 1 and 59999, got {val_size}")
+            raise ConfigError(f"data.val_size must be between 1 and 59999, got {val_size}")
         self.data_dir = data_dir or default_data_dir()
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.val_split, self.binarize, self.download = val_size, val_split, binarize, download

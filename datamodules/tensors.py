@@ -3,10 +3,23 @@
 The DataLoader calls ``__getitems__`` with the sampler's list of indices, so a batch is one fancy-indexing op
 instead of ``batch_size`` ``__getitem__`` calls plus a collate. Samplers (shuffle, DistributedSampler under DDP)
 work unchanged.
+
+Resuming is exact: the training order is a function of the seed and the epoch only (``EpochShuffle``, as
+``DistributedSampler`` orders under DDP), and the loader is torchdata's ``StatefulDataLoader`` (a drop-in
+``DataLoader`` with ``state_dict``), whose position Lightning saves in a mid-epoch checkpoint, so a run resumed
+there sees the rest of the same epoch. (With torch's ``RandomSampler`` the next epoch's order would depend on
+where the previous epoch's iterator stopped, which ``limit_train_batches`` makes differ between a run and its
+resumption.)
 """
 
+import warnings
+
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset, Sampler
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+# torchdata 0.11 calls torch.set_vital, deprecated in torch 2.14, on every iter(); harmless
+warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
 
 
 class TensorBatchDataset(Dataset):
@@ -28,13 +41,37 @@ class TensorBatchDataset(Dataset):
         return TensorBatchDataset(*(t.to(device) for t in self.tensors))
 
 
+class EpochShuffle(Sampler[int]):
+    """A new random order each epoch, drawn from ``seed + epoch`` (Lightning calls ``set_epoch``); the seed is
+    torch's initial seed, i.e. ``seed_everything``'s."""
+
+    def __init__(self, n: int, seed: int | None = None):
+        self.n, self.epoch = n, 0
+        self.seed = torch.initial_seed() % 2**62 if seed is None else seed
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        # a generator: the order is drawn at the first index, not when the iterator is made (a resumed run makes
+        # its iterator before Lightning sets the epoch)
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        yield from torch.randperm(self.n, generator=generator).tolist()
+
+
 def _already_batched(batch):
     return list(batch)
 
 
-def tensor_loader(dataset: TensorBatchDataset, batch_size: int, shuffle: bool, drop_last: bool = False) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
-                      collate_fn=_already_batched)
+def tensor_loader(dataset: TensorBatchDataset, batch_size: int, shuffle: bool,
+                  drop_last: bool = False) -> StatefulDataLoader:
+    # generator: each new iterator draws a worker base seed from it, which would otherwise be a draw from the
+    # global generator at a point that differs between a run and its resumption
+    return StatefulDataLoader(dataset, batch_size=batch_size, drop_last=drop_last, collate_fn=_already_batched,
+                              sampler=EpochShuffle(len(dataset)) if shuffle else None, generator=torch.Generator())
 
 
 def first_examples(datamodule, dataset: TensorBatchDataset, n: int, device=None):

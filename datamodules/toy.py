@@ -7,6 +7,7 @@ import lightning as L
 import torch
 
 from datamodules.tensors import TensorBatchDataset, first_examples, tensor_loader
+from lightning_models.errors import ConfigError
 
 
 class Toy1DDataModule(L.LightningDataModule):
@@ -26,7 +27,7 @@ class Toy1DDataModule(L.LightningDataModule):
                  num_test: int = 2000, batch_size: int = 128, seed: int = 0):
         super().__init__()
         if len(means) != len(stds) or (weights is not None and len(weights) != len(means)):
-            raise ValueError("data.means, data.stds (and data.weights) need one entry per mixture component")
+            raise ConfigError("data.means, data.stds (and data.weights) need one entry per mixture component")
         self.means, self.stds = torch.tensor(means, dtype=torch.float), torch.tensor(stds, dtype=torch.float)
         w = torch.tensor(weights if weights is not None else [1.0] * len(means), dtype=torch.float)
         self.weights = w / w.sum()

@@ -17,12 +17,17 @@ from typing import Literal
 import torch
 import yaml
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import callbacks  # noqa: F401  (makes the callbacks' short names known to the parser)
 import datamodules  # noqa: F401
 import lightning_models  # noqa: F401
+from callbacks.faults import DivergedError, DivergenceGuard, PreemptionCheckpoint, RunState, SafeCheckpointIO
 from datamodules import DatasetNotFoundError
+from dl4.checkpoints import (CheckpointError, check_model_class, checkpoint_folders, drop_key, explicit_model_keys,
+                             find_last, read_checkpoint)
 from lightning_models.errors import ConfigError
 
 TRAINER_DEFAULTS = {
@@ -56,6 +61,7 @@ class SaveConfigToRun(SaveConfigCallback):
 class DL4CLI(LightningCLI):
     def __init__(self, args=None, run: bool = True):
         """``run=False`` only parses and builds (no subcommand): benchmarks then call ``trainer.fit``/``test``."""
+        self.command_line = list(sys.argv[1:] if args is None else args)
         super().__init__(
             subclass_mode_model=True, subclass_mode_data=True,
             save_config_callback=SaveConfigToRun, save_config_kwargs={"overwrite": True},
@@ -74,6 +80,53 @@ class DL4CLI(LightningCLI):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*configure_optimizers` will be overridden")
             super()._add_configure_optimizers_method_to_model(subcommand)
+
+    def _parse_ckpt_path(self):
+        """Checks ``--ckpt_path`` before anything is built (see ``dl4/checkpoints.py``): the file is a Lightning
+        checkpoint of the config's model; ``last`` is the newest ``last.ckpt`` of this model among the config's runs;
+        the checkpoint's model settings replace the config's, except those given as ``--model.*`` flags (Lightning
+        lets the checkpoint override those too); and ``fit`` resumes the checkpoint's run (W&B run id, or CSV and
+        TensorBoard version), so it continues in the same run and checkpoint folder."""
+        subcommand = self.config.get("subcommand")
+        config = self.config.get(subcommand) if subcommand else None
+        if not config or not config.get("ckpt_path"):
+            return
+        configured = config.model.class_path
+        path = config.ckpt_path
+        if path == "last":
+            path = str(find_last(checkpoint_folders(config.trainer), configured))
+            print(f"Resuming from {path}", flush=True)
+        elif path in ("best", "hpc", "registry"):
+            raise CheckpointError(f"--ckpt_path {path} only means something inside one Python process: give a "
+                                  "checkpoint file, or 'last'")
+        config.ckpt_path = path
+        ckpt = read_checkpoint(path)
+        check_model_class(ckpt, path, configured)
+        hparams = dict(ckpt.get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        hparams.pop("_class_path", None)
+        for key in explicit_model_keys(self.command_line):
+            drop_key(hparams, key)
+        if hparams:
+            model = {"class_path": configured, "init_args": hparams}
+            self.config = self.parser.parse_object({subcommand: {"model": model}}, self.config)
+        if subcommand == "fit":
+            resume_run(self.config.fit.trainer, (ckpt.get("callbacks") or {}).get("RunState", {}).get("run", {}),
+                       ckpt.get("global_step"))
+
+    def _instantiate_trainer(self, config, extra_callbacks):
+        """Every run gets the fault callbacks (``callbacks/faults.py``) and ``SafeCheckpointIO``; CSV and
+        TensorBoard runs get a version folder of their own even when several start at once."""
+        extra_callbacks = [*extra_callbacks, DivergenceGuard(), PreemptionCheckpoint(), RunState()]
+        plugins = config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            config["plugins"] = [*plugins, SafeCheckpointIO()]
+        loggers = config.get("logger")
+        for logger in loggers if isinstance(loggers, list) else [loggers]:
+            if isinstance(logger, (CSVLogger, TensorBoardLogger)):
+                claim_version(logger)
+        return super()._instantiate_trainer(config, extra_callbacks)
 
     def before_instantiate_classes(self):
         config = self.config.get(self.subcommand, self.config)
@@ -125,25 +178,79 @@ def configure_runtime() -> None:
     os.environ["WANDB_MODE"] = "offline"
 
 
+def resume_run(trainer_config, run: dict, step) -> None:
+    """Makes the logger of a resumed ``fit`` continue the checkpoint's run: W&B through its own resume variables
+    (``WANDB_RUN_ID``, ``WANDB_RESUME=allow``, as W&B's agent does; online, W&B continues the history after the
+    last step; offline, a second ``offline-run-*-<id>`` folder is written, which ``wandb sync`` uploads into the same
+    run after the first), CSV and TensorBoard by their version folder. The checkpoint folder follows the logger's
+    run id or version, so it is the same folder."""
+    logger = trainer_config.get("logger")
+    kind = str(getattr(logger, "class_path", ""))
+    if not run or not kind.endswith(run.get("logger", "?")):
+        return
+    if run["logger"] == "WandbLogger":
+        os.environ.setdefault("WANDB_RUN_ID", str(run["id"]))
+        os.environ.setdefault("WANDB_RESUME", "allow")
+    else:
+        logger.init_args.version = run["version"]
+        args = logger.init_args
+        folder = Path(args.get("save_dir") or ".") / (args.get("name") or "lightning_logs")
+        folder = folder / (run["version"] if isinstance(run["version"], str) else f"version_{run['version']}")
+        metrics = folder / "metrics.csv"
+        if run["logger"] == "CSVLogger" and metrics.is_file():  # CSVLogger deletes an existing metrics.csv
+            metrics.rename(folder / f"metrics-until-step-{step}.csv")
+
+
+def claim_version(logger) -> None:
+    """Gives a CSV or TensorBoard logger without a version the next free ``version_N`` by creating its folder
+    atomically (``mkdir`` fails if it exists): Lightning picks the next number from a listing, so two runs started
+    together would share a folder and one's metrics would delete the other's. Only the launching process claims
+    one (DDP's other ranks never write logs)."""
+    if logger._version is not None or int(os.environ.get("LOCAL_RANK", 0)) or int(os.environ.get("NODE_RANK", 0)):
+        return
+    root = Path(logger.root_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    n = logger._get_next_version()
+    while True:
+        try:
+            (root / f"version_{n}").mkdir()
+        except FileExistsError:
+            n += 1
+            continue
+        logger._version = n
+        return
+
+
+EXIT_STATUS = {DatasetNotFoundError: 1, ConfigError: 2, DivergedError: 3}
+
+
 def main(args=None) -> None:
     configure_runtime()
     try:
         DL4CLI(args=args)
+    except SIGTERMException as err:  # Lightning's (a SystemExit); PreemptionCheckpoint says what was saved
+        print(f"dl4: {err.code or 'stopped by SIGTERM before training started; nothing was saved'}", file=sys.stderr)
+        sys.exit(143)
     except Exception as err:
         cause = user_error(err)
         if cause is None:
             raise
         print(f"dl4: error: {cause}", file=sys.stderr)
-        sys.exit(1 if isinstance(cause, DatasetNotFoundError) else 2)
+        sys.exit(next(status for kind, status in EXIT_STATUS.items() if isinstance(cause, kind)))
 
 
 def user_error(err: BaseException) -> Exception | None:
-    """The missing dataset or impossible setting behind ``err``, if one is: jsonargparse wraps the errors of the
-    classes it builds (a network inside a model's ``init_args``) in its own, so the chain is searched."""
+    """The missing dataset, impossible setting, unusable checkpoint or divergence behind ``err``, if one is:
+    jsonargparse wraps the errors of the classes it builds (a network inside a model's ``init_args``) in its own,
+    so the chain is searched. A checkpoint whose weights do not fit the configured network becomes a ConfigError."""
     seen = set()
     while err is not None and id(err) not in seen:
-        if isinstance(err, (DatasetNotFoundError, ConfigError)):
+        if isinstance(err, tuple(EXIT_STATUS)):
             return err
+        if isinstance(err, RuntimeError) and "Error(s) in loading state_dict" in str(err):
+            detail = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), "")
+            return ConfigError(f"the checkpoint's weights do not fit the model as configured ({detail}): a "
+                               "--model.* flag changes the network's shape; drop it to use the checkpoint's")
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
+from lightning_models.errors import ConfigError
 from lightning_models.nn.autoencoders import (Encoder, adam, contractive_penalty_sigmoid, gaussian_noise,
                                               jacobian_frobenius_sq, kl_sparsity, masking_noise, mirrored_mlps,
                                               reconstruction_error, top_k)
@@ -38,10 +39,10 @@ class Autoencoder(L.LightningModule):
         if encoder is None and decoder is None:
             encoder, decoder = mirrored_mlps(**self.default_nets)
         elif encoder is None or decoder is None:
-            raise ValueError("model.init_args: pass both encoder and decoder, or neither (the default nets)")
+            raise ConfigError("model.init_args: pass both encoder and decoder, or neither (the default nets)")
         code_dims = getattr(encoder, "code_dim", None), getattr(decoder, "code_dim", None)
         if None not in code_dims and code_dims[0] != code_dims[1]:
-            raise ValueError(f"model.init_args.encoder.init_args.code_dim ({code_dims[0]}) and "
+            raise ConfigError(f"model.init_args.encoder.init_args.code_dim ({code_dims[0]}) and "
                              f"decoder.init_args.code_dim ({code_dims[1]}) differ: the decoder reads the encoder's code")
         self.encoder, self.decoder = encoder, decoder
         self.val_recon, self.test_recon = MeanMetric(), MeanMetric()
@@ -131,7 +132,7 @@ class SparseAutoencoder(Autoencoder):
                  decoder: nn.Module | None = None, loss: Literal["bce", "mse"] = "bce"):
         super().__init__(encoder, decoder, loss)
         if getattr(self.encoder, "code_activation", "sigmoid") != "sigmoid":
-            raise ValueError("model.init_args.encoder.init_args.code_activation must be sigmoid: the KL sparsity "
+            raise ConfigError("model.init_args.encoder.init_args.code_activation must be sigmoid: the KL sparsity "
                              "penalty reads the code as mean activations in [0, 1]")
         self.save_hyperparameters()
 
@@ -154,7 +155,7 @@ class KSparseAutoencoder(Autoencoder):
         super().__init__(encoder, decoder, loss)
         code_dim = getattr(self.encoder, "code_dim", k)
         if not 0 < k <= code_dim:
-            raise ValueError(f"model.k must be in 1..code_dim={code_dim}, got {k}")
+            raise ConfigError(f"model.k must be in 1..code_dim={code_dim}, got {k}")
         self.save_hyperparameters()
 
     def encode(self, x):
@@ -178,7 +179,7 @@ class ContractiveAutoencoder(Autoencoder):
         one_sigmoid_layer = encoder is None or (isinstance(encoder, Encoder) and not encoder.hidden_dims
                                                 and encoder.code_activation == "sigmoid")
         if jacobian == "closed_form" and not one_sigmoid_layer:
-            raise ValueError("model.jacobian='closed_form' needs one sigmoid encoder layer (an Encoder with "
+            raise ConfigError("model.jacobian='closed_form' needs one sigmoid encoder layer (an Encoder with "
                              "hidden_dims: [] and code_activation: sigmoid); use jacobian: autograd for other encoders")
         super().__init__(encoder, decoder, loss)
         self.save_hyperparameters()

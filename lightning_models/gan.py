@@ -15,6 +15,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MeanMetric
 
+from lightning_models.errors import ConfigError
 from lightning_models.nn.gan import (MLPDiscriminator, MLPGenerator, Prior, discriminator_loss, generator_loss,
                                      sample_noise, uniform_init)
 from lightning_models.nn.parzen import MNIST_SIGMAS, MeanStdErr, parzen_log_likelihood, select_sigma
@@ -69,13 +70,13 @@ class GAN(L.LightningModule):
                  d_init_range: float | None = None, output_bias_from_data: bool = False):
         super().__init__()
         if k_steps < 1:
-            raise ValueError(f"model.k_steps must be at least 1, got {k_steps}")
+            raise ConfigError(f"model.k_steps must be at least 1, got {k_steps}")
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.generator = MLPGenerator() if generator is None else generator
         self.discriminator = MLPDiscriminator() if discriminator is None else discriminator
         if not isinstance(getattr(self.generator, "noise_dim", None), int):
-            raise ValueError(f"model.init_args.generator ({type(self.generator).__name__}) must say its noise size "
+            raise ConfigError(f"model.init_args.generator ({type(self.generator).__name__}) must say its noise size "
                              f"as an int attribute noise_dim")
         self.noise_dim = self.generator.noise_dim
         self.d_optimizer, self.g_optimizer = d_optimizer or default_adam, g_optimizer or default_adam
@@ -84,7 +85,7 @@ class GAN(L.LightningModule):
             if init_range is not None:
                 uniform_init(module, init_range)
         if output_bias_from_data and not isinstance(self.generator, MLPGenerator):
-            raise ValueError("model.output_bias_from_data needs an MLPGenerator (its last layer is linear)")
+            raise ConfigError("model.output_bias_from_data needs an MLPGenerator (its last layer is linear)")
         # a fixed noise batch: the training-time Parzen estimate and the sample grids compare across epochs
         fixed = torch.Generator().manual_seed(0)
         self.register_buffer("fixed_z", sample_noise(parzen_samples, self.noise_dim, prior, generator=fixed),
@@ -106,7 +107,8 @@ class GAN(L.LightningModule):
             ddp_kwargs.setdefault("find_unused_parameters", True)
 
     def on_fit_start(self) -> None:
-        if self.hparams.output_bias_from_data and self.global_step == 0:
+        # a fresh run only: a resumed run's weights are already restored (and its global_step is still 0 here)
+        if self.hparams.output_bias_from_data and self.trainer.ckpt_path is None:
             dm = self.trainer.datamodule
             total, count = 0.0, 0
             for batch in dm.train_dataloader():

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics import MeanMetric, Metric
 
+from lightning_models.errors import ConfigError
 from lightning_models.nn.memn2n import EndToEndMemoryNetwork, random_time_gaps
 from lightning_models.schedules import HalvingLR
 from lightning_models.train_logging import log_train_metrics
@@ -88,7 +89,7 @@ class MemN2N(L.LightningModule):
             if self.hparams[key] is None:
                 self.hparams[key] = value
             elif self.hparams[key] != value and not (key == "memory_size" and self.hparams[key] > value):
-                raise ValueError(f"model.{key} is {self.hparams[key]} but the bAbI data has {value}: leave "
+                raise ConfigError(f"model.{key} is {self.hparams[key]} but the bAbI data has {value}: leave "
                                  f"model.init_args.{key} out (it is taken from the data) or set it to {value}")
         if self.net is None:
             self._build()

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
 
+from lightning_models.errors import ConfigError
 from lightning_models.nn.ntm import MemoryInit, NeuralTuringMachine, StackedLSTM
 from lightning_models.train_logging import log_train_metrics
 
@@ -82,7 +83,7 @@ class SequenceLearner(L.LightningModule):
                  clip_percentile: float | None = None):
         super().__init__()
         if clip_percentile is not None and not 0 < clip_percentile <= 100:
-            raise ValueError(f"model.clip_percentile must be in (0, 100], got {clip_percentile}")
+            raise ConfigError(f"model.clip_percentile must be in (0, 100], got {clip_percentile}")
         self.register_buffer("sequences_seen", torch.zeros((), dtype=torch.long))
         self.converged_at: int | None = None
         self.grad_norms: list[float] = []  # every step's gradient norm, sorted, for clip_percentile
@@ -92,7 +93,7 @@ class SequenceLearner(L.LightningModule):
         for key in ("input_size", "output_size"):
             expected = getattr(dm, key, None)
             if expected is not None and expected != self.hparams[key]:
-                raise ValueError(f"model.{key} is {self.hparams[key]} but the data ({dm.task}) has {expected}: "
+                raise ConfigError(f"model.{key} is {self.hparams[key]} but the data ({dm.task}) has {expected}: "
                                  f"set model.init_args.{key}: {expected}")
         # validation and test costs by length: the fixed sets hold one batch per length (a training length for
         # validation, a generalisation length for test)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
+from lightning_models.errors import ConfigError
 from lightning_models.nn.autoencoders import adam, mirrored_mlps
 from lightning_models.nn.vae import gaussian_kl, importance_weighted_nll, log_likelihood, reparameterize
 from lightning_models.checkpoints import restore_network_configs
@@ -42,13 +43,13 @@ class VAE(L.LightningModule):
         if encoder is None and decoder is None:
             encoder, decoder = mirrored_mlps((200, 200), 50, "tanh", encoder_outputs=2, out_channels=out_channels)
         elif encoder is None or decoder is None:
-            raise ValueError("model.init_args: pass both encoder and decoder, or neither (the default nets)")
+            raise ConfigError("model.init_args: pass both encoder and decoder, or neither (the default nets)")
         self.latent_dim = decoder.code_dim
         if getattr(encoder, "code_dim", 2 * self.latent_dim) != 2 * self.latent_dim:
-            raise ValueError(f"model.init_args.encoder.init_args.code_dim must be 2 x the decoder's code_dim "
+            raise ConfigError(f"model.init_args.encoder.init_args.code_dim must be 2 x the decoder's code_dim "
                              f"({2 * self.latent_dim}: a mean and a log-variance per latent), got {encoder.code_dim}")
         if getattr(decoder, "out_channels", out_channels) != out_channels:
-            raise ValueError(f"model.init_args.decoder.init_args.out_channels must be {out_channels} for the "
+            raise ConfigError(f"model.init_args.decoder.init_args.out_channels must be {out_channels} for the "
                              f"{likelihood} likelihood, got {decoder.out_channels}")
         self.encoder, self.decoder = encoder, decoder
         self.val_elbo, self.test_elbo, self.test_iw_nll = MeanMetric(), MeanMetric(), MeanMetric()

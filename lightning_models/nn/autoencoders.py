@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_models.errors import ConfigError
+
 ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": partial(nn.LeakyReLU, 0.2), "elu": nn.ELU, "tanh": nn.Tanh,
                "sigmoid": nn.Sigmoid, "identity": nn.Identity}
 
@@ -17,7 +19,7 @@ ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": partial(nn.LeakyReLU, 0.2), "elu":
 def nonlinearity(name: str) -> nn.Module:
     """A new nonlinearity layer by name (one of ``ACTIVATIONS``)."""
     if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
+        raise ConfigError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name]()
 
 
@@ -94,7 +96,7 @@ def reconstruction_error(logits: torch.Tensor, x: torch.Tensor, kind: str = "bce
     elif kind == "mse":
         err = (torch.sigmoid(logits) - x) ** 2
     else:
-        raise ValueError(f"unknown reconstruction loss {kind!r}; choose 'bce' or 'mse'")
+        raise ConfigError(f"unknown reconstruction loss {kind!r}; choose 'bce' or 'mse'")
     return err.flatten(1).sum(1)
 
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_models.errors import ConfigError
 from lightning_models.nn.autoencoders import nonlinearity
 
 Prior = Literal["uniform", "gaussian"]
@@ -25,7 +26,7 @@ def sample_noise(n: int, dim: int, prior: Prior = "uniform", device=None, genera
         return torch.randn(n, dim, device=device, generator=generator)
     if prior == "uniform":
         return (torch.rand(n, dim, device=device, generator=generator) * 2 - 1) * math.sqrt(3)
-    raise ValueError(f"unknown prior {prior!r}; choose 'uniform' or 'gaussian'")
+    raise ConfigError(f"unknown prior {prior!r}; choose 'uniform' or 'gaussian'")
 
 
 def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
@@ -45,7 +46,7 @@ def generator_loss(fake_logits: torch.Tensor, kind: Literal["minimax", "non_satu
         return -F.softplus(fake_logits).mean()
     if kind == "non_saturating":
         return F.softplus(-fake_logits).mean()
-    raise ValueError(f"unknown generator loss {kind!r}; choose 'minimax' or 'non_saturating'")
+    raise ConfigError(f"unknown generator loss {kind!r}; choose 'minimax' or 'non_saturating'")
 
 
 def uniform_init(module: nn.Module, init_range: float) -> None:

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_models.errors import ConfigError
+
 MemoryInit = Literal["constant", "learned", "random"]
 
 
@@ -106,7 +108,7 @@ class NeuralTuringMachine(nn.Module):
                  clip: float = 20.0):
         super().__init__()
         if read_heads < 1 or write_heads < 1:
-            raise ValueError(f"an NTM needs at least one read and one write head, got {read_heads} and {write_heads}")
+            raise ConfigError(f"an NTM needs at least one read and one write head, got {read_heads} and {write_heads}")
         self.N, self.W, self.R, self.V = memory_rows, memory_width, read_heads, write_heads
         self.memory_init, self.clip = memory_init, clip
         controller_in = input_size + read_heads * memory_width
@@ -115,7 +117,7 @@ class NeuralTuringMachine(nn.Module):
         elif controller == "feedforward":
             self.controller = nn.Sequential(nn.Linear(controller_in, controller_size), nn.ReLU())
         else:
-            raise ValueError(f"unknown controller {controller!r}; choose 'lstm' or 'feedforward'")
+            raise ConfigError(f"unknown controller {controller!r}; choose 'lstm' or 'feedforward'")
         self.is_lstm = controller == "lstm"
         # per head: k (W), beta, g, gamma (1 each), s (2K+1); per write head also e and a (W each)
         self.address_sizes = [memory_width, 1, 1, 2 * shift_range + 1, 1]
@@ -131,7 +133,7 @@ class NeuralTuringMachine(nn.Module):
         if memory_init == "learned":
             self.m0 = nn.Parameter(torch.randn(memory_rows, memory_width) / math.sqrt(memory_rows + memory_width))
         elif memory_init not in ("constant", "random"):
-            raise ValueError(f"unknown memory_init {memory_init!r}; choose 'constant', 'learned' or 'random'")
+            raise ConfigError(f"unknown memory_init {memory_init!r}; choose 'constant', 'learned' or 'random'")
         self.controller_size = controller_size
 
     def initial_state(self, batch_size: int) -> NTMState:

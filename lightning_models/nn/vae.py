@@ -8,6 +8,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from lightning_models.errors import ConfigError
+
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -36,7 +38,7 @@ def log_likelihood(x: torch.Tensor, out: torch.Tensor, kind: str = "bernoulli") 
         mean_logits, logvar = out.chunk(2, dim=-3)
         mean = torch.sigmoid(mean_logits)
         return -0.5 * (LOG_2PI + logvar + (x - mean).pow(2) / logvar.exp()).flatten(-3).sum(-1)
-    raise ValueError(f"unknown likelihood {kind!r}; choose 'bernoulli' or 'gaussian'")
+    raise ConfigError(f"unknown likelihood {kind!r}; choose 'bernoulli' or 'gaussian'")
 
 
 @torch.no_grad()

@@ -1,0 +1,243 @@
+"""What every dl4 run has, added by the ``dl4`` console script: it stops on divergence, saves on pre-emption and
+resumes exactly.
+
+- ``DivergenceGuard``: a non-finite training loss or parameter stops the run with ``DivergedError`` (the step, the
+  epoch, the last good checkpoint); ``SafeCheckpointIO`` refuses to write non-finite weights, so no checkpoint lies.
+- ``PreemptionCheckpoint``: on SIGTERM (what a cluster sends before it pre-empts a job) the current step is saved
+  as ``last.ckpt`` and the run stops; ``dl4`` then exits with status 143.
+- ``RunState``: the global random number generators and the logger's run id go into every checkpoint, so a resumed
+  run continues the same random streams, the same W&B run and the same checkpoint folder.
+"""
+
+import fcntl
+import os
+import random
+from collections.abc import Mapping
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from lightning_models.errors import ConfigError
+
+
+class DivergedError(RuntimeError):
+    """Training produced a non-finite loss or parameter; the message names the step, the epoch and the last good
+    checkpoint. ``dl4`` prints it as one line and exits with status 3."""
+
+
+def checkpoint_dir(trainer: L.Trainer) -> Path:
+    """Where this run's checkpoints go: the folder of the ModelCheckpoint that keeps ``last.ckpt``, else the first
+    one's, else Lightning's default."""
+    callbacks = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.dirpath]
+    keeps_last = [cb for cb in callbacks if cb.save_last]
+    if keeps_last or callbacks:
+        return Path((keeps_last or callbacks)[0].dirpath)
+    return Path(trainer.default_root_dir) / "checkpoints"
+
+
+def last_good_checkpoint(trainer: L.Trainer) -> str:
+    """The most recent checkpoint this run wrote (all are finite: ``SafeCheckpointIO`` refuses the others)."""
+    paths = {p for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)
+             for p in (cb.last_model_path, cb.best_model_path) if p and Path(p).is_file()}
+    if not paths:
+        return "none (this run wrote none)"
+    newest = max(paths, key=lambda p: Path(p).stat().st_mtime)
+    step = torch.load(newest, map_location="cpu", weights_only=True, mmap=True).get("global_step")
+    return f"{newest} (step {step})"
+
+
+def non_finite(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """The names of the floating-point tensors holding NaN or inf (one host sync for all of them)."""
+    names = [k for k, t in tensors.items() if torch.is_tensor(t) and t.is_floating_point() and t.numel()]
+    if not names:
+        return []
+    finite = torch.stack([torch.isfinite(tensors[k]).all() for k in names]).cpu()
+    return [k for k, ok in zip(names, finite) if not ok]
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, made safe: a checkpoint whose weights are not finite is refused
+    (``DivergedError``), and a checkpoint is written to a temporary file and renamed, so a process killed mid-write
+    leaves the previous ``last.ckpt`` whole (Lightning writes in place)."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        bad = non_finite(checkpoint.get("state_dict", {}))
+        if bad:
+            raise DivergedError(f"not writing {path}: the weights are not finite ({', '.join(bad[:3])}"
+                                f"{', ...' if len(bad) > 3 else ''}) at step {checkpoint.get('global_step')}, "
+                                f"epoch {checkpoint.get('epoch')}")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+class DivergenceGuard(L.Callback):
+    """Stops training at a non-finite loss or parameter, cheaply: each step folds ``isfinite(loss)`` into a device
+    tensor (no host sync); the flag is read on the steps the logger writes anyway (every ``log_every_n_steps``),
+    before each validation and at each epoch's end, and the parameters are checked then too (a GAN's manual steps
+    return no loss)."""
+
+    def __init__(self):
+        self._first_bad = None
+
+    def on_train_start(self, trainer, pl_module):
+        self._first_bad = torch.full((), -1, dtype=torch.long, device=pl_module.device)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if torch.is_tensor(loss):
+            bad = ~torch.isfinite(loss.detach()).all()
+            self._first_bad = torch.where(bad & (self._first_bad < 0), trainer.global_step, self._first_bad)
+        if trainer._logger_connector.should_update_logs:  # the logger syncs on these steps anyway
+            self.check(trainer, pl_module)
+
+    def on_validation_start(self, trainer, pl_module):
+        if trainer.training:
+            self.check(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.check(trainer, pl_module)
+
+    def check(self, trainer, pl_module):
+        where = f"epoch {trainer.current_epoch}"
+        if self._first_bad is not None and (step := int(self._first_bad)) >= 0:
+            what = f"the training loss was not finite at step {step}"
+        elif bad := non_finite(dict(pl_module.named_parameters())):
+            what = f"parameters are not finite ({', '.join(bad[:3])}) by step {trainer.global_step}"
+        else:
+            return
+        raise DivergedError(f"training diverged: {what}, {where}; no checkpoint of it was written; last good "
+                            f"checkpoint: {last_good_checkpoint(trainer)}. Lower the learning rate, or resume from "
+                            "that checkpoint with another setting")
+
+
+class PreemptionCheckpoint(L.Callback):
+    """On SIGTERM, saves the current step as ``last.ckpt`` in the run's checkpoint folder and stops (resume with
+    ``--ckpt_path last``). ``dl4`` prints what was saved and exits with status 143 (128 + SIGTERM, what a shell
+    reports for a process ended by SIGTERM), which a requeue policy (Kubernetes' ``podFailurePolicy``, a SLURM
+    script's ``$?``) tells apart from success (0) and from a bug (1); W&B marks the run preempted.
+
+    Lightning notes the signal (``trainer.received_sigterm``) but finishes the epoch before it stops, with exit
+    status 0 and no checkpoint; a cluster's grace period is seconds. So the run stops after the current step. Under
+    DDP Lightning's own check at the next step's start stops every rank together (a rank stopping alone would
+    leave the others in a collective); either way the checkpoint is written from ``on_exception``, on all ranks.
+    """
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.received_sigterm and trainer.world_size == 1:
+            raise SIGTERMException
+
+    def on_exception(self, trainer, pl_module, exception):
+        if not isinstance(exception, SIGTERMException) or not trainer.training:
+            return
+        path = checkpoint_dir(trainer) / "last.ckpt"
+        trainer.save_checkpoint(path)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger) and logger._experiment is not None and trainer.is_global_zero:
+                logger.experiment.mark_preempting()
+        # Lightning re-raises this SystemExit after the other hooks and the loggers' finalize; dl4 prints its code
+        exception.code = (f"stopped by SIGTERM at step {trainer.global_step}, epoch {trainer.current_epoch}; saved "
+                          f"{path}. Resume with the same command and --ckpt_path last (or --ckpt_path {path})")
+
+
+def collect_rng_states() -> dict:
+    """The global generators' states as tensors and plain numbers, so that a checkpoint holding them still loads
+    with ``torch.load(weights_only=True)`` (Lightning's ``_collect_rng_states`` keeps numpy's as an ndarray)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []}
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    version, state, gauss = states["python"]
+    random.setstate((version, tuple(state), gauss))
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def run_identity(trainer: L.Trainer) -> dict:
+    """What a resumed run needs to log into the same run and checkpoint folder."""
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            return {"logger": "WandbLogger", "id": logger.version}
+        if isinstance(logger, (CSVLogger, TensorBoardLogger)):
+            return {"logger": type(logger).__name__, "version": logger.version}
+    return {}
+
+
+class RunState(L.Callback):
+    """Puts the global random generators' states and the run's identity (logger and W&B run id) into every
+    checkpoint, restores the generators when training resumes, and holds a lock on the checkpoint folder so that
+    two runs never write into one.
+
+    Lightning restores the model, optimisers, loops and stateful data loaders, but not the global generators that
+    dropout, noise, dynamic binarisation and sampler seeds draw from: without this a resumed run continues on other
+    random numbers. They are set back at ``on_train_start``, after everything that runs before training (set-up,
+    the sanity check, which Lightning isolates from the generators anyway), so the next draw is the one the
+    interrupted run would have made.
+    """
+
+    def __init__(self):
+        self._restored = None
+        self._lock = None
+
+    def state_dict(self):
+        trainer = getattr(self, "_trainer", None)
+        return {"rng": collect_rng_states(), "run": run_identity(trainer) if trainer else {}}
+
+    def load_state_dict(self, state_dict):
+        self._restored = state_dict.get("rng")
+
+    def setup(self, trainer, pl_module, stage):
+        self._trainer = trainer
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        # At an epoch's end the next epoch starts a fresh iterator, so the loader's position must not be restored
+        # (with limit_train_batches the finished epoch's iterator was left part-way, and restoring it would
+        # continue that order); datamodules/tensors.py makes the fresh order a function of the epoch.
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).pop("combined_loader", None)
+
+    def on_train_start(self, trainer, pl_module):
+        if trainer.is_global_zero:
+            self._lock_folder(checkpoint_dir(trainer))
+        if self._restored is not None:
+            set_rng_states(self._restored)
+            self._restored = None
+
+    def _lock_folder(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = open(folder / ".dl4.lock", "a+")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            owner = lock.read().strip() or "?"
+            lock.close()
+            raise ConfigError(f"another dl4 run (pid {owner}) is writing checkpoints to {folder}: give this run "
+                              "its own folder (--trainer.default_root_dir=..., or a logger, which versions runs)"
+                              ) from None
+        lock.truncate(0)
+        lock.write(str(os.getpid()))
+        lock.flush()
+        self._lock = lock
+
+    def teardown(self, trainer, pl_module, stage):
+        if self._lock is not None:
+            self._lock.close()  # closing releases the lock
+            self._lock = None
