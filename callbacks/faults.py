@@ -142,6 +142,9 @@ class PreemptionCheckpoint(L.Callback):
         if not isinstance(exception, SIGTERMException) or not trainer.training:
             return
         path = checkpoint_dir(trainer) / "last.ckpt"
+        for cb in trainer.checkpoint_callbacks:  # the file is theirs: a resumed run overwrites it, not last-v1.ckpt
+            if isinstance(cb, ModelCheckpoint) and cb.save_last and Path(cb.dirpath) == path.parent:
+                cb.last_model_path = str(path)
         trainer.save_checkpoint(path)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger) and logger._experiment is not None and trainer.is_global_zero:

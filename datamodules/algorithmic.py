@@ -13,7 +13,7 @@ for markers). One batch holds sequences of one length, so the whole batch steps 
 """
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 import lightning as L
@@ -21,7 +21,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from lightning_models.errors import ConfigError
+from datamodules.tensors import EpochOrder
+from lightning_models.errors import ConfigError, check_positive
 
 Task = Literal["copy", "repeat_copy", "associative_recall"]
 
@@ -99,25 +100,15 @@ class AlgorithmicTasks(Dataset):
         return self.make_batch(length, generator)
 
 
-class EpochRange(DistributedSampler):
-    """Epoch ``e`` is the stream's batches ``e * n`` to ``(e + 1) * n - 1`` (Lightning calls ``set_epoch``).
+class EpochRange(EpochOrder, DistributedSampler):
+    """Epoch ``e`` is the stream's batches ``e * n`` to ``(e + 1) * n - 1``.
 
     A ``DistributedSampler`` only in type: under DDP Lightning then leaves it alone (each rank already reads its own
     stream, seeded by its rank), where it would wrap any other sampler in one that never passes the epoch on.
     """
 
-    def __init__(self, n: int):  # not super().__init__, which wants a dataset and a process group
-        self.n, self.epoch = n, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self) -> Iterator[int]:
-        # a generator: the epoch is read at the first index (a resumed run makes its iterator before set_epoch)
-        yield from range(self.epoch * self.n, (self.epoch + 1) * self.n)
+    def order(self) -> list[int]:
+        return list(range(self.epoch * self.n, (self.epoch + 1) * self.n))
 
 
 class AlgorithmicTasksDataModule(L.LightningDataModule):
@@ -143,6 +134,9 @@ class AlgorithmicTasksDataModule(L.LightningDataModule):
                  batches_per_epoch: int = 100, val_per_length: int = 32,
                  test_lengths: Sequence[int] = (10, 20, 30, 50, 80, 120), test_per_length: int = 64, seed: int = 0):
         super().__init__()
+        check_positive("data", batch_size=batch_size, width=width, item_length=item_length,
+                       batches_per_epoch=batches_per_epoch, val_per_length=val_per_length, test_lengths=list(test_lengths),
+                       test_per_length=test_per_length)
         if task not in ("copy", "repeat_copy", "associative_recall"):
             raise ConfigError(f"data.task: unknown task {task!r}; choose copy, repeat_copy or associative_recall")
         if not 1 <= min_length <= max_length:

@@ -17,8 +17,9 @@ import lightning as L
 import torch
 
 from datamodules.data_root import DatasetNotFoundError, default_data_dir
+from datamodules.integrity import CorruptDataError, verify_published
 from datamodules.tensors import TensorBatchDataset, first_examples, tensor_loader
-from lightning_models.errors import ConfigError
+from lightning_models.errors import ConfigError, check_positive
 
 TASKS = {1: "single-supporting-fact", 2: "two-supporting-facts", 3: "three-supporting-facts",
          4: "two-arg-relations", 5: "three-arg-relations", 6: "yes-no-questions", 7: "counting", 8: "lists-sets",
@@ -55,44 +56,52 @@ def tokenize(sentence: str) -> list[str]:
     return WORD.findall(sentence.lower())
 
 
-def _malformed(path: Path, line: int, why: str) -> ValueError:
-    return ValueError(f"{path}, line {line}: {why}")
+RESTORE_BABI = f"Restore it from tasks_1-20_v1-2.tar.gz ({URL})."
+
+
+def _malformed(path: Path, line: int, why: str) -> CorruptDataError:
+    return CorruptDataError(f"{path}, line {line}: {why}. {RESTORE_BABI}")
 
 
 def parse_babi(path: Path) -> list[Question]:
-    """The questions of one bAbI file, in file order. A malformed line raises ValueError with file and line."""
+    """The questions of one bAbI file, in file order. A malformed line, or text that is not UTF-8, raises
+    CorruptDataError (a ValueError) with the file and line."""
     questions: list[Question] = []
     story: list[list[str]] = []
     statement_of_line: dict[int, int] = {}  # line id -> index of the statement in the story
     last_id = 0
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                continue
-            head, _, rest = line.partition(" ")
-            if not head.isdigit():
-                raise _malformed(path, number, f"expected '<id> <sentence>', got {line[:80]!r}")
-            line_id = int(head)
-            if line_id == 1:
-                story, statement_of_line = [], {}
-            elif line_id != last_id + 1:
-                raise _malformed(path, number, f"line id {line_id} does not follow {last_id} (a story starts at 1)")
-            last_id = line_id
-            if "\t" not in rest:
-                story.append(tokenize(rest))
-                statement_of_line[line_id] = len(story) - 1
-                continue
-            fields = rest.split("\t")
-            if len(fields) != 3 or not fields[1].strip():
-                raise _malformed(path, number, "a question line needs '<question>?<TAB><answer><TAB><supporting "
-                                               f"ids>', got {line[:80]!r}")
-            try:
-                supports = [statement_of_line[int(i)] for i in fields[2].split()]
-            except (ValueError, KeyError):
-                raise _malformed(path, number, f"supporting ids {fields[2]!r} must name earlier statements of "
-                                               "the story") from None
-            questions.append(Question(story, len(story), tokenize(fields[0]), fields[1].strip().lower(), supports))
+    try:
+        lines = path.read_bytes().decode("utf-8").split("\n")
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[:err.start].count(b"\n") + 1
+        raise _malformed(path, line, f"not UTF-8 text (byte {err.object[err.start]:#04x})") from None
+    for number, line in enumerate(lines, 1):
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        head, _, rest = line.partition(" ")
+        if not head.isdigit():
+            raise _malformed(path, number, f"expected '<id> <sentence>', got {line[:80]!r}")
+        line_id = int(head)
+        if line_id == 1:
+            story, statement_of_line = [], {}
+        elif line_id != last_id + 1:
+            raise _malformed(path, number, f"line id {line_id} does not follow {last_id} (a story starts at 1)")
+        last_id = line_id
+        if "\t" not in rest:
+            story.append(tokenize(rest))
+            statement_of_line[line_id] = len(story) - 1
+            continue
+        fields = rest.split("\t")
+        if len(fields) != 3 or not fields[1].strip():
+            raise _malformed(path, number, "a question line needs '<question>?<TAB><answer><TAB><supporting "
+                                           f"ids>', got {line[:80]!r}")
+        try:
+            supports = [statement_of_line[int(i)] for i in fields[2].split()]
+        except (ValueError, KeyError):
+            raise _malformed(path, number, f"supporting ids {fields[2]!r} must name earlier statements of "
+                                           "the story") from None
+        questions.append(Question(story, len(story), tokenize(fields[0]), fields[1].strip().lower(), supports))
     return questions
 
 
@@ -130,6 +139,7 @@ class BabiDataModule(L.LightningDataModule):
                  eval_batch_size: int = 1000, val_fraction: float = 0.1, seed: int = 0, download: bool = False,
                  on_device: bool = True, vocabulary: Literal["tasks", "all"] = "tasks"):
         super().__init__()
+        check_positive("data", batch_size=batch_size, eval_batch_size=eval_batch_size)
         task_list = list(range(1, 21)) if tasks == "all" else [tasks] if isinstance(tasks, int) else list(tasks)
         bad = [t for t in task_list if t not in TASKS]
         if bad or not task_list:
@@ -152,11 +162,13 @@ class BabiDataModule(L.LightningDataModule):
         self.train_set = self.val_set = self.test_set = self.statements = None
 
     def prepare_data(self):
-        if self.folder.is_dir() or not self.download:
-            return
-        from torchvision.datasets.utils import download_and_extract_archive
+        """Downloads bAbI if asked, then checks the files this run reads against the published checksums, before
+        the trainer starts a logger run."""
+        if not self.folder.is_dir() and self.download:
+            from torchvision.datasets.utils import download_and_extract_archive
 
-        download_and_extract_archive(URL, str(Path(self.data_dir) / "babi"))
+            download_and_extract_archive(URL, str(Path(self.data_dir) / "babi"))
+        self._files("train"), self._files("test")
 
     def _files(self, split: str) -> dict[int, Path]:
         if not self.folder.is_dir():
@@ -165,15 +177,24 @@ class BabiDataModule(L.LightningDataModule):
                 f"{(Path(self.data_dir) / 'babi').resolve()}, point the data root at the folder holding "
                 f"babi/ (DL4_DATA_DIR=... or --data.init_args.data_dir=...), or set --data.init_args.download=true "
                 f"on a machine with internet.")
-        return {t: task_file(self.folder, t, split) for t in self.tasks}
+        files = {t: task_file(self.folder, t, split) for t in self.tasks}
+        for path in files.values():
+            self._verify(path)
+        return files
+
+    def _verify(self, path: Path) -> None:
+        verify_published(path, f"babi/{path.relative_to(self.folder.parent.parent)}", RESTORE_BABI)
 
     def build_vocab(self) -> list[str]:
         """Every word and answer of the chosen tasks (``vocabulary: tasks``) or of all 20 tasks of the variant, train
         and test files, sorted; id 0 is nil."""
         if self.vocabulary == "tasks":
             paths = [*self._files("train").values(), *self._files("test").values()]
-        else:
-            paths = sorted(self.folder.glob("qa*_*_t*.txt"))
+        else:  # every file of the variant: a missing one is an error, not a smaller vocabulary
+            paths = [task_file(self.folder, t, split) for t in range(1, 21) for split in ("train", "test")
+                     if not (self.variant == "en-10k" and t == 3 and split == "train")]  # en-10k as distributed: see task_file
+            for path in paths:
+                self._verify(path)
         words, stories = set(), {}
         for path in paths:
             for q in parse_babi(path):

@@ -13,15 +13,21 @@ import torch
 from torchvision.datasets import MNIST
 
 from datamodules.data_root import DatasetNotFoundError, default_data_dir
+from datamodules.integrity import verify_idx, verify_labels, verify_published
 from datamodules.tensors import TensorBatchDataset, first_examples, tensor_loader
-from lightning_models.errors import ConfigError
+from lightning_models.errors import ConfigError, check_positive
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 def load_mnist(data_dir: str, train: bool, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The images (N, 28, 28) uint8 and labels (N,) int64 of one MNIST split, read by torchvision."""
+    """The images (N, 28, 28) uint8 and labels (N,) int64 of one MNIST split, read by torchvision after its files
+    are verified (``datamodules/integrity.py``: the published SHA-256, the IDX headers and sizes, labels 0-9)."""
     raw = Path(data_dir) / "MNIST" / "raw"
+    prefix = "train" if train else "t10k"
+    images, labels = raw / f"{prefix}-images-idx3-ubyte", raw / f"{prefix}-labels-idx1-ubyte"
+    if images.is_file() and labels.is_file():  # else torchvision downloads them, or says they are missing
+        verify_mnist(images, labels, 60000 if train else 10000)
     try:
         ds = MNIST(data_dir, train=train, download=download)
     except RuntimeError as err:  # torchvision: "Dataset not found" / "Error downloading"
@@ -32,7 +38,20 @@ def load_mnist(data_dir: str, train: bool, download: bool) -> tuple[torch.Tensor
             f"MNIST/raw (DL4_DATA_DIR=... or --data.init_args.data_dir=...), or allow --data.init_args.download=true "
             f"on a machine with internet. ({err})"
         ) from None
+    verify_mnist(images, labels, 60000 if train else 10000)
+    verify_labels(labels, ds.targets, RESTORE_MNIST)
     return ds.data, ds.targets
+
+
+RESTORE_MNIST = ("Delete it (and its .gz) and download MNIST again (--data.init_args.download=true), or unpack the "
+                 "original train-/t10k-{images-idx3,labels-idx1}-ubyte.gz into that folder.")
+
+
+def verify_mnist(images: Path, labels: Path, count: int) -> None:
+    verify_idx(images, 3, count, RESTORE_MNIST)
+    verify_idx(labels, 1, count, RESTORE_MNIST)
+    for path in (images, labels):
+        verify_published(path, f"MNIST/raw/{path.name}", RESTORE_MNIST)
 
 
 class MNISTDataModule(L.LightningDataModule):
@@ -57,6 +76,7 @@ class MNISTDataModule(L.LightningDataModule):
                  binarize: Literal["none", "fixed", "dynamic"] = "none", download: bool = True, seed: int = 0,
                  on_device: bool = True):
         super().__init__()
+        check_positive("data", batch_size=batch_size, eval_batch_size=eval_batch_size)
         if not 0 < val_size < 60000:
             raise ConfigError(f"data.val_size must be between 1 and 59999, got {val_size}")
         self.data_dir = data_dir or default_data_dir()

@@ -41,13 +41,20 @@ class TensorBatchDataset(Dataset):
         return TensorBatchDataset(*(t.to(device) for t in self.tensors))
 
 
-class EpochShuffle(Sampler[int]):
-    """A new random order each epoch, drawn from ``seed + epoch`` (Lightning calls ``set_epoch``); the seed is
-    torch's initial seed, i.e. ``seed_everything``'s."""
+class EpochOrder(Sampler[int]):
+    """A sampler whose order is a function of the epoch alone (Lightning calls ``set_epoch``), and which resumes
+    mid-epoch: its state (the epoch and how many indices it gave) goes into the loader's, which Lightning saves.
 
-    def __init__(self, n: int, seed: int | None = None):
-        self.n, self.epoch = n, 0
-        self.seed = torch.initial_seed() % 2**62 if seed is None else seed
+    The order is drawn at the first index, not when the iterator is made: a resumed run makes its iterator, and
+    restores it, before Lightning sets the epoch. (torchdata's fallback, skipping the indices given so far on the
+    fresh iterator, would skip them in the wrong epoch's order for the same reason.)
+    """
+
+    def __init__(self, n: int):
+        self.n, self.epoch, self._skip, self._given = n, 0, 0, 0
+
+    def order(self) -> list[int]:
+        raise NotImplementedError
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -55,11 +62,30 @@ class EpochShuffle(Sampler[int]):
     def __len__(self) -> int:
         return self.n
 
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "given": self._given}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self._skip = state["epoch"], state["given"]
+
     def __iter__(self):
-        # a generator: the order is drawn at the first index, not when the iterator is made (a resumed run makes
-        # its iterator before Lightning sets the epoch)
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        yield from torch.randperm(self.n, generator=generator).tolist()
+        skip, self._skip = self._skip, 0
+        self._given = skip
+        for index in self.order()[skip:]:
+            self._given += 1
+            yield index
+
+
+class EpochShuffle(EpochOrder):
+    """A new random order each epoch, drawn from ``seed + epoch``; the seed is torch's initial seed, i.e.
+    ``seed_everything``'s."""
+
+    def __init__(self, n: int, seed: int | None = None):
+        super().__init__(n)
+        self.seed = torch.initial_seed() % 2**62 if seed is None else seed
+
+    def order(self) -> list[int]:
+        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
 
 
 def _already_batched(batch):

@@ -7,7 +7,7 @@ import lightning as L
 import torch
 
 from datamodules.tensors import TensorBatchDataset, first_examples, tensor_loader
-from lightning_models.errors import ConfigError
+from lightning_models.errors import ConfigError, check_positive
 
 
 class Toy1DDataModule(L.LightningDataModule):
@@ -26,6 +26,8 @@ class Toy1DDataModule(L.LightningDataModule):
                  weights: Sequence[float] | None = None, num_train: int = 20000, num_val: int = 2000,
                  num_test: int = 2000, batch_size: int = 128, seed: int = 0):
         super().__init__()
+        check_positive("data", stds=list(stds), num_train=num_train, num_val=num_val, num_test=num_test,
+                       batch_size=batch_size, weights=None if weights is None else list(weights))
         if len(means) != len(stds) or (weights is not None and len(weights) != len(means)):
             raise ConfigError("data.means, data.stds (and data.weights) need one entry per mixture component")
         self.means, self.stds = torch.tensor(means, dtype=torch.float), torch.tensor(stds, dtype=torch.float)

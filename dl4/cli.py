@@ -26,6 +26,7 @@ import datamodules  # noqa: F401
 import lightning_models  # noqa: F401
 from callbacks.faults import DivergedError, DivergenceGuard, PreemptionCheckpoint, RunState, SafeCheckpointIO
 from datamodules import DatasetNotFoundError
+from datamodules.integrity import CorruptDataError
 from dl4.checkpoints import (CheckpointError, check_model_class, checkpoint_folders, drop_key, explicit_model_keys,
                              find_last, read_checkpoint)
 from lightning_models.errors import ConfigError
@@ -131,6 +132,9 @@ class DL4CLI(LightningCLI):
     def before_instantiate_classes(self):
         config = self.config.get(self.subcommand, self.config)
         torch.set_float32_matmul_precision(config.float32_matmul_precision)
+        logger = config.get("trainer", {}).get("logger") if self.subcommand else None
+        if str(getattr(logger, "class_path", "")).endswith("WandbLogger"):
+            wandb_or_offline()
 
     def after_fit(self):
         trainer = self.trainer
@@ -178,6 +182,43 @@ def configure_runtime() -> None:
     os.environ["WANDB_MODE"] = "offline"
 
 
+def wandb_or_offline(timeout: float = 10.0) -> None:
+    """An online W&B run whose server cannot be reached, or refuses the key, would wait for minutes in
+    ``wandb.init`` and then fail: ask the server once (the query W&B's own login makes, with a short timeout), and
+    log offline if it does not answer, saying so. Nothing is lost: ``wandb sync`` uploads the run later."""
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun") or int(os.environ.get("LOCAL_RANK", 0)):
+        return
+    import base64
+    import json
+    import netrc
+    import urllib.error
+    import urllib.request
+
+    base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").rstrip("/")
+    key = os.environ.get("WANDB_API_KEY")
+    if not key:
+        try:
+            entry = netrc.netrc().authenticators(base.split("://", 1)[-1].split("/")[0])
+            key = entry[2] if entry else None
+        except (OSError, netrc.NetrcParseError):
+            key = None
+    request = urllib.request.Request(f"{base}/graphql", data=b'{"query": "{ viewer { id } }"}', headers={
+        "Content-Type": "application/json",
+        "Authorization": "Basic " + base64.b64encode(f"api:{key or ''}".encode()).decode()})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            viewer = (json.loads(response.read() or b"{}").get("data") or {}).get("viewer")
+        reason = None if viewer else "the API key was not accepted"
+    except urllib.error.HTTPError as err:
+        reason = "the API key was not accepted" if err.code in (401, 403) else f"HTTP {err.code}"
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        reason = f"no answer ({getattr(err, 'reason', err)})"
+    if reason:
+        os.environ["WANDB_MODE"] = "offline"
+        print(f"dl4: W&B server {base}: {reason}; logging offline instead (upload later with wandb sync)",
+              file=sys.stderr, flush=True)
+
+
 def resume_run(trainer_config, run: dict, step) -> None:
     """Makes the logger of a resumed ``fit`` continue the checkpoint's run: W&B through its own resume variables
     (``WANDB_RUN_ID``, ``WANDB_RESUME=allow``, as W&B's agent does; online, W&B continues the history after the
@@ -221,7 +262,7 @@ def claim_version(logger) -> None:
         return
 
 
-EXIT_STATUS = {DatasetNotFoundError: 1, ConfigError: 2, DivergedError: 3}
+EXIT_STATUS = {DatasetNotFoundError: 1, CorruptDataError: 1, ConfigError: 2, DivergedError: 3}
 
 
 def main(args=None) -> None:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
-from lightning_models.errors import ConfigError
+from lightning_models.errors import ConfigError, check_fraction, check_positive
 from lightning_models.nn.autoencoders import (Encoder, adam, contractive_penalty_sigmoid, gaussian_noise,
                                               jacobian_frobenius_sq, kl_sparsity, masking_noise, mirrored_mlps,
                                               reconstruction_error, top_k)
@@ -108,6 +108,10 @@ class DenoisingAutoencoder(Autoencoder):
                  encoder: nn.Module | None = None, decoder: nn.Module | None = None,
                  loss: Literal["bce", "mse"] = "bce"):
         super().__init__(encoder, decoder, loss)
+        if noise == "mask":
+            check_fraction("model", noise_level=noise_level)
+        else:
+            check_positive("model", noise_level=noise_level)
         self.save_hyperparameters()
 
     def corrupt(self, x):
@@ -131,6 +135,10 @@ class SparseAutoencoder(Autoencoder):
     def __init__(self, rho: float = 0.05, beta: float = 3.0, encoder: nn.Module | None = None,
                  decoder: nn.Module | None = None, loss: Literal["bce", "mse"] = "bce"):
         super().__init__(encoder, decoder, loss)
+        if not 0 < rho < 1:
+            raise ConfigError(f"model.rho must be in (0, 1) (the KL penalty is infinite at 0 and 1), got {rho}")
+        if beta < 0:
+            raise ConfigError(f"model.beta must be >= 0, got {beta}")
         if getattr(self.encoder, "code_activation", "sigmoid") != "sigmoid":
             raise ConfigError("model.init_args.encoder.init_args.code_activation must be sigmoid: the KL sparsity "
                              "penalty reads the code as mean activations in [0, 1]")
@@ -182,6 +190,8 @@ class ContractiveAutoencoder(Autoencoder):
             raise ConfigError("model.jacobian='closed_form' needs one sigmoid encoder layer (an Encoder with "
                              "hidden_dims: [] and code_activation: sigmoid); use jacobian: autograd for other encoders")
         super().__init__(encoder, decoder, loss)
+        if contraction < 0:
+            raise ConfigError(f"model.contraction must be >= 0, got {contraction}")
         self.save_hyperparameters()
 
     def penalty(self, x, h):

@@ -15,7 +15,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MeanMetric
 
-from lightning_models.errors import ConfigError
+from lightning_models.errors import ConfigError, check_positive
 from lightning_models.nn.gan import (MLPDiscriminator, MLPGenerator, Prior, discriminator_loss, generator_loss,
                                      sample_noise, uniform_init)
 from lightning_models.nn.parzen import MNIST_SIGMAS, MeanStdErr, parzen_log_likelihood, select_sigma
@@ -69,6 +69,9 @@ class GAN(L.LightningModule):
                  parzen_sigmas: Sequence[float] = tuple(MNIST_SIGMAS), g_init_range: float | None = None,
                  d_init_range: float | None = None, output_bias_from_data: bool = False):
         super().__init__()
+        check_positive("model", parzen_samples=parzen_samples, parzen_valid=parzen_valid, parzen_eval=parzen_eval,
+                       test_samples=test_samples, test_valid=test_valid, parzen_sigmas=list(parzen_sigmas),
+                       g_init_range=g_init_range, d_init_range=d_init_range)
         if k_steps < 1:
             raise ConfigError(f"model.k_steps must be at least 1, got {k_steps}")
         self.save_hyperparameters()

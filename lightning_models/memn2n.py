@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics import MeanMetric, Metric
 
-from lightning_models.errors import ConfigError
+from lightning_models.errors import ConfigError, check_fraction, check_positive
 from lightning_models.nn.memn2n import EndToEndMemoryNetwork, random_time_gaps
 from lightning_models.schedules import HalvingLR
 from lightning_models.train_logging import log_train_metrics
@@ -65,6 +65,11 @@ class MemN2N(L.LightningModule):
                  linear_start_epochs: int = 20, clip_per_matrix: bool = True, time_as_word: bool = True,
                  optimizer: OptimizerCallable | None = None, lr_scheduler: LRSchedulerCallable | None = None):
         super().__init__()
+        check_fraction("model", random_noise=random_noise)
+        check_positive("model", vocab_size=vocab_size, sentence_length=sentence_length, memory_size=memory_size,
+                       embedding_dim=embedding_dim, hops=hops)
+        if linear_start_epochs < 0:
+            raise ConfigError(f"model.linear_start_epochs must be >= 0, got {linear_start_epochs}")
         self.save_hyperparameters()
         self.optimizer = optimizer or (lambda params: torch.optim.SGD(params, lr=0.005))
         self.lr_scheduler = lr_scheduler or (lambda opt, after_epoch: HalvingLR(opt, 25, after_epoch))

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
 
-from lightning_models.errors import ConfigError
+from lightning_models.errors import ConfigError, check_positive
 from lightning_models.nn.ntm import MemoryInit, NeuralTuringMachine, StackedLSTM
 from lightning_models.train_logging import log_train_metrics
 
@@ -82,6 +82,7 @@ class SequenceLearner(L.LightningModule):
     def __init__(self, input_size: int = 9, output_size: int = 8, converged_bits: float = 0.1,
                  clip_percentile: float | None = None):
         super().__init__()
+        check_positive("model", input_size=input_size, output_size=output_size, converged_bits=converged_bits)
         if clip_percentile is not None and not 0 < clip_percentile <= 100:
             raise ConfigError(f"model.clip_percentile must be in (0, 100], got {clip_percentile}")
         self.register_buffer("sequences_seen", torch.zeros((), dtype=torch.long))

@@ -13,6 +13,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_models.checkpoints import restore_network_configs
+from lightning_models.errors import check_positive
 from lightning_models.nn.stn import SpatialTransformer, affine_scale_rotation
 from lightning_models.train_logging import log_train_metrics
 
@@ -31,6 +32,7 @@ class STNClassifier(L.LightningModule):
     def __init__(self, classifier: nn.Module, transformer: SpatialTransformer | None = None, num_classes: int = 10,
                  channels_last: bool = True):
         super().__init__()
+        check_positive("model", num_classes=num_classes)
         self.save_hyperparameters()
         self.transformer, self.classifier = transformer, classifier
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format

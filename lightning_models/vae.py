@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
-from lightning_models.errors import ConfigError
+from lightning_models.errors import ConfigError, check_positive
 from lightning_models.nn.autoencoders import adam, mirrored_mlps
 from lightning_models.nn.vae import gaussian_kl, importance_weighted_nll, log_likelihood, reparameterize
 from lightning_models.checkpoints import restore_network_configs
@@ -36,6 +36,7 @@ class VAE(L.LightningModule):
                  likelihood: Literal["bernoulli", "gaussian"] = "bernoulli", iw_samples: int = 1000,
                  iw_rows: int = 2048):
         super().__init__()
+        check_positive("model", iw_samples=iw_samples, iw_rows=iw_rows)
         # evaluation settings stay out of the checkpoint, so `dl4 test --ckpt_path ... --model.iw_samples=5000` applies
         self.save_hyperparameters(ignore=["iw_samples", "iw_rows"])
         self.iw_samples, self.iw_rows = iw_samples, iw_rows

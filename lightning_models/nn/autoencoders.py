@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_models.errors import ConfigError
+from lightning_models.errors import ConfigError, check_positive
 
 ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": partial(nn.LeakyReLU, 0.2), "elu": nn.ELU, "tanh": nn.Tanh,
                "sigmoid": nn.Sigmoid, "identity": nn.Identity}
@@ -41,6 +41,7 @@ class Encoder(nn.Module):
     def __init__(self, input_shape: Sequence[int] = (1, 28, 28), hidden_dims: Sequence[int] = (512, 256),
                  code_dim: int = 32, activation: str = "relu", code_activation: str = "identity"):
         super().__init__()
+        check_positive("Encoder", hidden_dims=hidden_dims, code_dim=code_dim)
         self.code_dim, self.code_activation, self.hidden_dims = code_dim, code_activation, tuple(hidden_dims)
         n_in = int(torch.tensor(input_shape).prod())
         self.net = nn.Sequential(nn.Flatten(), mlp([n_in, *hidden_dims, code_dim], activation, code_activation))
@@ -61,6 +62,7 @@ class Decoder(nn.Module):
     def __init__(self, code_dim: int = 32, hidden_dims: Sequence[int] = (256, 512),
                  output_shape: Sequence[int] = (1, 28, 28), activation: str = "relu", out_channels: int = 1):
         super().__init__()
+        check_positive("Decoder", code_dim=code_dim, hidden_dims=hidden_dims, out_channels=out_channels)
         self.code_dim, self.out_channels = code_dim, out_channels
         shape = (output_shape[0] * out_channels, *output_shape[1:])
         n_out = int(torch.tensor(shape).prod())

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_models.errors import ConfigError
+from lightning_models.errors import ConfigError, check_fraction, check_positive
 from lightning_models.nn.autoencoders import nonlinearity
 
 Prior = Literal["uniform", "gaussian"]
@@ -65,6 +65,7 @@ class Maxout(nn.Module):
 
     def __init__(self, n_in: int, n_out: int, pieces: int = 5):
         super().__init__()
+        check_positive("Maxout", n_in=n_in, n_out=n_out, pieces=pieces)
         self.n_out, self.pieces = n_out, pieces
         self.linear = nn.Linear(n_in, n_out * pieces)
 
@@ -80,6 +81,7 @@ class MLPGenerator(nn.Module):
                  data_shape: Sequence[int] = (1, 28, 28), activation: str = "relu", batch_norm: bool = False,
                  output: str = "sigmoid"):
         super().__init__()
+        check_positive("MLPGenerator", noise_dim=noise_dim, hidden_dims=hidden_dims)
         self.noise_dim = noise_dim
         layers, n_in = [], noise_dim
         for i, n_out in enumerate(hidden_dims):
@@ -106,6 +108,8 @@ class MLPDiscriminator(nn.Module):
     def __init__(self, data_shape: Sequence[int] = (1, 28, 28), hidden_dims: Sequence[int] = (240, 240),
                  activation: str = "maxout", pieces: int = 5, dropout: float = 0.5, input_dropout: float = 0.2):
         super().__init__()
+        check_positive("MLPDiscriminator", hidden_dims=hidden_dims, pieces=pieces)
+        check_fraction("MLPDiscriminator", False, dropout=dropout, input_dropout=input_dropout)
         layers: list[nn.Module] = [nn.Flatten()] + ([nn.Dropout(input_dropout)] if input_dropout else [])
         n_in = math.prod(data_shape)
         for n_out in hidden_dims:
@@ -128,6 +132,7 @@ class DCGenerator(nn.Module):
 
     def __init__(self, noise_dim: int = 100, data_shape: Sequence[int] = (1, 28, 28), width: int = 64):
         super().__init__()
+        check_positive("DCGenerator", noise_dim=noise_dim, width=width)
         self.noise_dim = noise_dim
         channels, height, _ = data_shape
         base = height // 4
@@ -147,6 +152,7 @@ class DCDiscriminator(nn.Module):
 
     def __init__(self, data_shape: Sequence[int] = (1, 28, 28), width: int = 64):
         super().__init__()
+        check_positive("DCDiscriminator", width=width)
         channels, height, _ = data_shape
         self.net = nn.Sequential(
             nn.Conv2d(channels, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2),

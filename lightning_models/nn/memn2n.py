@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_models.errors import check_positive
+
 
 def position_encoding(sentence_length: int, embedding_dim: int) -> torch.Tensor:
     """l_kj = (1 - j/J) - (k/d)(1 - 2j/J) for words j = 1..J and dimensions k = 1..d, as a (J, d) tensor."""
@@ -74,6 +76,7 @@ class EndToEndMemoryNetwork(nn.Module):
                  hops: int = 3, encoding: Literal["position", "bow"] = "position", temporal: bool = True,
                  tying: Literal["adjacent", "layerwise"] = "adjacent", time_as_word: bool = True):
         super().__init__()
+        check_positive("model", memory_size=memory_size, embedding_dim=embedding_dim, hops=hops)
         self.hops, self.tying, self.temporal = hops, tying, temporal
         n = hops + 1 if tying == "adjacent" else 2  # adjacent: E_0..E_K; layer-wise: A, C
         self.E = nn.Parameter(torch.empty(vocab_size, n, embedding_dim))

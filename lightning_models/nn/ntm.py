@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_models.errors import ConfigError
+from lightning_models.errors import ConfigError, check_positive
 
 MemoryInit = Literal["constant", "learned", "random"]
 
@@ -107,6 +107,8 @@ class NeuralTuringMachine(nn.Module):
                  write_heads: int = 1, shift_range: int = 1, memory_init: MemoryInit = "constant",
                  clip: float = 20.0):
         super().__init__()
+        check_positive("model", controller_size=controller_size, memory_rows=memory_rows, memory_width=memory_width,
+                       clip=clip)
         if read_heads < 1 or write_heads < 1:
             raise ConfigError(f"an NTM needs at least one read and one write head, got {read_heads} and {write_heads}")
         self.N, self.W, self.R, self.V = memory_rows, memory_width, read_heads, write_heads
@@ -211,6 +213,7 @@ class StackedLSTM(nn.Module):
 
     def __init__(self, input_size: int, output_size: int, hidden_size: int = 256, num_layers: int = 3):
         super().__init__()
+        check_positive("model", hidden_size=hidden_size, num_layers=num_layers)
         self.lstm = nn.LSTM(input_size, hidden_size, num_layers)
         self.output = nn.Linear(hidden_size, output_size)
 

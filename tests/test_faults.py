@@ -1,0 +1,374 @@
+"""Faults, through the real ``dl4`` console script: each case asserts the exit status, the one-line message and that
+nothing the user had was changed. The README's table "When things go wrong" lists them."""
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import CONFIGS, dl4
+from wandb_records import history, records
+
+FAST = ["--trainer.enable_progress_bar=false", "--trainer.limit_val_batches=2"]
+
+
+def _env(data_root, threads=None):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(DL4_DATA_DIR=str(data_root), PYTHONWARNINGS="ignore")
+    if threads:  # two runs side by side on two cores, each on one thread (the same for both: the same numbers)
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    return env
+
+
+def _popen(args, cwd, data_root, threads=None):
+    return subprocess.Popen(["dl4", *map(str, args)], cwd=cwd, env=_env(data_root, threads), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path: Path, process, timeout=300):
+    end = time.time() + timeout
+    while not path.exists():
+        assert process.poll() is None, f"the run ended before writing {path}: {process.communicate()[1][-2000:]}"
+        assert time.time() < end, f"{path} never appeared"
+        time.sleep(0.01)
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _one_line_error(out: subprocess.CompletedProcess, status: int, *words: str) -> str:
+    assert out.returncode == status, (out.returncode, out.stderr[-3000:])
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    (line,) = [line for line in out.stderr.splitlines() if line.startswith("dl4:")]
+    for word in words:
+        assert word in line, (word, line)
+    return line
+
+
+def _weights(ckpt: Path) -> dict:
+    return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+
+
+# ---- 1. divergence ----------------------------------------------------------------------------------------------
+
+
+def test_a_diverging_run_exits_3_naming_the_step_and_writes_no_checkpoint(tmp_path, mnist_root):
+    out = dl4("fit", "--config", CONFIGS / "ae_mnist.yaml", "--optimizer.init_args.lr=1e9", "--trainer.logger=false",
+              "--trainer.max_epochs=2", "--trainer.limit_train_batches=30", *FAST, cwd=tmp_path, data_root=mnist_root)
+    line = _one_line_error(out, 3, "training diverged", "not finite at step", "epoch 0", "last good checkpoint")
+    assert "test with" not in out.stdout  # the end-of-fit summary recommends nothing
+    for ckpt in (tmp_path / "checkpoints").glob("*.ckpt"):
+        assert all(torch.isfinite(v).all() for v in _weights(ckpt).values() if v.is_floating_point()), line
+
+
+def test_a_checkpoint_with_non_finite_weights_is_never_written(tmp_path):
+    """SafeCheckpointIO: refused, and the previous file (written atomically) is left whole."""
+    from callbacks.faults import DivergedError, SafeCheckpointIO
+
+    io, path = SafeCheckpointIO(), tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "global_step": 1, "epoch": 0}, path)
+    before = path.read_bytes()
+    with pytest.raises(DivergedError, match="not finite"):
+        io.save_checkpoint({"state_dict": {"w": torch.tensor([1.0, float("nan")])}, "global_step": 2}, path)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+# ---- 2. checkpoints and configs ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ae_checkpoint(tmp_path_factory, mnist_root) -> Path:
+    """An Autoencoder checkpoint whose code is 16 wide (the config says 32)."""
+    folder = tmp_path_factory.mktemp("ae")
+    out = dl4("fit", "--config", CONFIGS / "ae_mnist.yaml", "--trainer.logger=false", "--trainer.max_epochs=1",
+              "--trainer.limit_train_batches=2", "--model.init_args.encoder.init_args.code_dim=16",
+              "--model.init_args.decoder.init_args.code_dim=16", *FAST, cwd=folder, data_root=mnist_root)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return folder / "checkpoints" / "last.ckpt"
+
+
+def _unusable_checkpoint(tmp_path, mnist_root, ckpt, config="ae_mnist.yaml", subcommand="test"):
+    (tmp_path / "notes.txt").write_text("mine")
+    before = _snapshot(tmp_path)
+    out = dl4(subcommand, "--config", CONFIGS / config, "--ckpt_path", ckpt, *FAST, cwd=tmp_path,
+              data_root=mnist_root)
+    assert _snapshot(tmp_path) == before  # no W&B run, no folder, nothing written
+    return out
+
+
+@pytest.mark.parametrize("subcommand", ["test", "fit"])
+def test_a_checkpoint_of_another_model_names_both_classes(subcommand, tmp_path, mnist_root, ae_checkpoint):
+    out = _unusable_checkpoint(tmp_path, mnist_root, ae_checkpoint, "vae_mnist.yaml", subcommand)
+    _one_line_error(out, 2, str(ae_checkpoint), "lightning_models.Autoencoder", "lightning_models.VAE")
+
+
+@pytest.mark.parametrize("kind", ["missing", "truncated", "not_torch", "not_lightning"])
+def test_an_unusable_checkpoint_file_is_named_before_any_run_is_created(kind, tmp_path, mnist_root, ae_checkpoint):
+    bad = tmp_path / "bad.ckpt"
+    if kind == "truncated":
+        bad.write_bytes(ae_checkpoint.read_bytes()[:5000])
+    elif kind == "not_torch":
+        bad.write_text("model: VAE\n")
+    elif kind == "not_lightning":
+        torch.save({"weights": torch.zeros(2)}, bad)
+    out = _unusable_checkpoint(tmp_path, mnist_root, bad)
+    why = {"missing": "no such file", "truncated": "not a readable checkpoint", "not_torch": "not a readable",
+           "not_lightning": "not a Lightning checkpoint"}[kind]
+    _one_line_error(out, 2, str(bad), why)
+
+
+def test_the_checkpoint_settings_beat_the_config_and_command_line_flags_beat_both(tmp_path, mnist_root,
+                                                                                 ae_checkpoint):
+    """Precedence: the checkpoint's code_dim 16 over the config's 32 (else its weights would not load); a
+    --model flag over the checkpoint (here the loss, which the weights do not constrain); a flag that changes the
+    network's shape is refused, naming the tensor."""
+    common = ["test", "--config", CONFIGS / "ae_mnist.yaml", "--ckpt_path", ae_checkpoint, "--trainer.logger=false",
+              "--trainer.limit_test_batches=2", *FAST]
+    out = dl4(*common, cwd=tmp_path, data_root=mnist_root)
+    assert out.returncode == 0, out.stderr[-3000:]
+    out_bce = out.stdout
+    out = dl4(*common, "--model.init_args.loss=mse", cwd=tmp_path, data_root=mnist_root)
+    assert out.returncode == 0, out.stderr[-3000:]
+    mse, bce = (float(re.search(r"test/recon\W+([-+.\deE]+)", text).group(1)) for text in (out.stdout, out_bce))
+    assert 100 < mse < 0.5 * bce  # the squared error summed over 784 pixels, well below the cross-entropy
+    out = dl4(*common, "--model.init_args.encoder.init_args.code_dim=8", "--model.init_args.decoder.init_args.code_dim=8",
+              cwd=tmp_path, data_root=mnist_root)
+    _one_line_error(out, 2, "do not fit", "--model.* flag")
+
+
+# ---- 3. pre-emption, resume, determinism ------------------------------------------------------------------------
+
+
+def test_sigterm_saves_the_step_exits_143_and_resume_continues_the_same_wandb_run(tmp_path, mnist_root):
+    args = ["fit", "--config", CONFIGS / "ae_mnist.yaml", "--trainer.max_epochs=2", "--trainer.limit_train_batches=200",
+            "--trainer.log_every_n_steps=10", *FAST]
+    run = _popen(args, tmp_path, mnist_root)
+    (lock,) = _wait_for_glob(tmp_path / "runs" / "dl4", "*/checkpoints/.dl4.lock", run)
+    time.sleep(1.0)
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 143, err[-3000:]
+    (line,) = [line for line in err.splitlines() if line.startswith("dl4: stopped by SIGTERM")]
+    assert "--ckpt_path last" in line
+    last = lock.parent / "last.ckpt"
+    stopped_at = torch.load(last, weights_only=True)["global_step"]
+    assert f"at step {stopped_at}," in line and 0 < stopped_at < 400
+    (first,) = (tmp_path / "runs" / "wandb").glob("offline-run-*")
+    run_id = first.name.rsplit("-", 1)[-1]
+    assert lock.parent.parent.name == run_id
+    kinds = [r.WhichOneof("record_type") for r in records(next(first.glob("run-*.wandb")))]
+    assert "exit" in kinds  # the W&B run was finished, not cut off
+
+    out = dl4(*args, "--ckpt_path", "last", cwd=tmp_path, data_root=mnist_root)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"Resuming from {last}" in out.stdout or str(last.relative_to(tmp_path)) in out.stdout
+    runs = sorted((tmp_path / "runs" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(r.name.endswith(run_id) for r in runs)  # the same W&B run, resumed
+    assert sorted(p.name for p in (tmp_path / "runs" / "dl4").iterdir()) == [run_id]  # the same checkpoint folder
+    steps = [row["trainer/global_step"] for row in history(runs[1]) if "trainer/global_step" in row]
+    assert steps and min(steps) >= stopped_at  # the history continues after the stop
+    assert torch.load(last, weights_only=True)["global_step"] == 400
+
+
+def _wait_for_glob(folder: Path, pattern: str, process, timeout=300):
+    end = time.time() + timeout
+    while not (found := list(folder.glob(pattern))):
+        assert process.poll() is None, process.communicate()[1][-2000:]
+        assert time.time() < end
+        time.sleep(0.01)
+    return found
+
+
+# one family per row: the config, the signal that interrupts it, and what shortens it
+RESUMES = {
+    "ae_mnist.yaml": (signal.SIGKILL, []),
+    "vae_mnist.yaml": (signal.SIGTERM, []),  # dynamic binarisation and z ~ q(z|x): the global generator
+    "gan_mnist.yaml": (signal.SIGKILL, ["--model.init_args.parzen_samples=100"]),  # dropout, noise, two players
+    "ntm_copy.yaml": (signal.SIGTERM, ["--data.init_args.batches_per_epoch=8", "--model.init_args.compile=false"]),
+    "memn2n_babi.yaml": (signal.SIGKILL, []),
+    "st_cnn_rts_mnist.yaml": (signal.SIGTERM, []),  # distortions drawn on the device every batch, dropout
+}
+
+
+@pytest.mark.parametrize("config", sorted(RESUMES))
+def test_an_interrupted_and_resumed_run_ends_with_the_same_weights(config, tmp_path, mnist_root, babi_root):
+    """An uninterrupted run and one interrupted (SIGKILL: resumed from the epoch's last.ckpt; SIGTERM: from the
+    step it stopped at, mid-epoch) then resumed with --ckpt_path last, side by side: the same weights, bit for bit."""
+    sig, extra = RESUMES[config]
+    root = babi_root if config.startswith("memn2n") else mnist_root
+    args = ["fit", "--config", CONFIGS / config, "--trainer.logger=false", "--trainer.max_epochs=3",
+            "--trainer.limit_train_batches=8", *FAST, *extra]
+    whole = _popen([*args, f"--trainer.default_root_dir={tmp_path / 'whole'}"], tmp_path, root, threads=1)
+    cut = [*args, f"--trainer.default_root_dir={tmp_path / 'cut'}"]
+    interrupted = _popen(cut, tmp_path, root, threads=1)
+    last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
+    _wait_for(last, interrupted)
+    interrupted.send_signal(sig)
+    _, err = interrupted.communicate(timeout=120)
+    assert interrupted.returncode == (-9 if sig == signal.SIGKILL else 143), err[-3000:]
+    stopped_at = torch.load(last, weights_only=True)["global_step"]
+    steps_per_epoch = 16 if config.startswith("gan") else 8  # the GAN counts both players' steps
+    assert stopped_at < 3 * steps_per_epoch  # interrupted before the end
+    resumed = subprocess.run(["dl4", *map(str, cut), "--ckpt_path", "last"], cwd=tmp_path,
+                             env=_env(root, threads=1), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _, err = whole.communicate(timeout=600)
+    assert whole.returncode == 0, err[-3000:]
+    a, b = _weights(tmp_path / "whole" / "checkpoints" / "last.ckpt"), _weights(last)
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"stopped at step {stopped_at}; differ: {different[:5]}"
+
+
+def test_concurrent_csv_runs_in_one_folder_get_their_own_versions(tmp_path, mnist_root):
+    args = ["fit", "--config", CONFIGS / "ae_mnist.yaml", "--trainer.logger=CSVLogger",
+            "--trainer.logger.save_dir=runs", "--trainer.max_epochs=1", "--trainer.limit_train_batches=5", *FAST]
+    runs = [_popen(args, tmp_path, mnist_root, threads=1) for _ in range(2)]
+    for run in runs:
+        _, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err[-3000:]
+    versions = sorted((tmp_path / "runs").glob("*/version_*"))
+    assert [v.name for v in versions] == ["version_0", "version_1"]
+    for version in versions:
+        assert (version / "metrics.csv").is_file() and (version / "config.yaml").is_file()
+        assert (version / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_a_second_run_into_the_same_checkpoint_folder_is_refused_while_the_first_runs(tmp_path, mnist_root):
+    args = ["fit", "--config", CONFIGS / "ae_mnist.yaml", "--trainer.logger=false", *FAST]
+    first = _popen([*args, "--trainer.max_epochs=1"], tmp_path, mnist_root, threads=1)
+    _wait_for(tmp_path / "checkpoints" / ".dl4.lock", first)
+    time.sleep(0.5)
+    second = dl4(*args, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", cwd=tmp_path,
+                 data_root=mnist_root)
+    first.kill()
+    first.communicate()
+    _one_line_error(second, 2, "another dl4 run", str(tmp_path / "checkpoints"))
+
+
+# ---- 4. data integrity ------------------------------------------------------------------------------------------
+
+
+def _copy_mnist(mnist_root: Path, to: Path) -> Path:
+    raw = to / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (raw / name).write_bytes((mnist_root / "MNIST" / "raw" / name).read_bytes())
+    return raw
+
+
+@pytest.mark.parametrize("damage", ["one_pixel", "truncated", "label_out_of_range"])
+def test_corrupt_mnist_fails_naming_the_file_before_any_run(damage, tmp_path, mnist_root):
+    raw = _copy_mnist(mnist_root, tmp_path / "data")
+    path = raw / ("train-labels-idx1-ubyte" if damage == "label_out_of_range" else "train-images-idx3-ubyte")
+    data = bytearray(path.read_bytes())
+    if damage == "truncated":
+        data = data[:len(data) // 2]
+    elif damage == "one_pixel":
+        data[100_000] ^= 0xFF
+    else:
+        data[8 + 123] = 11
+    path.write_bytes(bytes(data))
+    (tmp_path / "work").mkdir()
+    out = dl4("fit", "--config", CONFIGS / "ae_mnist.yaml", "--data.init_args.download=false", *FAST,
+              cwd=tmp_path / "work", data_root=tmp_path / "data")
+    why = {"one_pixel": "not the published file", "truncated": "truncated or altered",
+           "label_out_of_range": "not the published file"}[damage]
+    _one_line_error(out, 1, str(path), why, "download")
+    assert list((tmp_path / "work").iterdir()) == []
+
+
+def test_structure_is_checked_where_no_checksum_is_published(tmp_path, mnist_root):
+    """A file dl4 has no published checksum for (here: labels under another name) is still checked for shape and
+    range."""
+    from datamodules.integrity import CorruptDataError, verify_idx, verify_labels
+
+    path = tmp_path / "labels"
+    path.write_bytes((2049).to_bytes(4, "big") + (3).to_bytes(4, "big") + bytes([1, 2, 12]))
+    verify_idx(path, 1, 3, "restore it")
+    with pytest.raises(CorruptDataError, match="labels must be 0-9"):
+        verify_labels(path, torch.tensor([1, 2, 12]), "restore it")
+    with pytest.raises(CorruptDataError, match="not an IDX file of images"):
+        verify_idx(path, 3, 3, "restore it")
+
+
+def _copy_babi(babi_root: Path, to: Path) -> Path:
+    folder = to / "babi" / "tasks_1-20_v1-2" / "en"
+    folder.mkdir(parents=True)
+    for path in (babi_root / "babi" / "tasks_1-20_v1-2" / "en").glob("*.txt"):
+        (folder / path.name).write_bytes(path.read_bytes())
+    return folder
+
+
+def test_an_altered_babi_file_fails_naming_it(tmp_path, babi_root):
+    folder = _copy_babi(babi_root, tmp_path / "data")
+    path = folder / "qa1_single-supporting-fact_train.txt"
+    path.write_text(path.read_text().replace("bathroom", "kitchen", 1))
+    (tmp_path / "work").mkdir()
+    out = dl4("fit", "--config", CONFIGS / "memn2n_babi.yaml", *FAST, cwd=tmp_path / "work",
+              data_root=tmp_path / "data")
+    _one_line_error(out, 1, str(path), "not the published file", "tasks_1-20_v1-2.tar.gz")
+    assert list((tmp_path / "work").iterdir()) == []
+
+
+def test_a_missing_file_of_the_all_tasks_vocabulary_is_an_error(tmp_path, babi_root):
+    folder = _copy_babi(babi_root, tmp_path / "data")
+    (folder / "qa17_positional-reasoning_test.txt").unlink()
+    out = dl4("fit", "--config", CONFIGS / "memn2n_babi.yaml", "--data.init_args.vocabulary=all", *FAST,
+              cwd=tmp_path, data_root=tmp_path / "data")
+    _one_line_error(out, 1, "bAbI task 17 (test) not found", str(folder / "qa17_positional-reasoning_test.txt"))
+
+
+def test_babi_text_that_is_not_utf8_names_the_line(tmp_path):
+    from datamodules.babi import parse_babi
+    from datamodules.integrity import CorruptDataError
+
+    path = tmp_path / "qa1_single-supporting-fact_train.txt"
+    path.write_bytes(b"1 Mary moved to the bathroom.\n2 John went to the \xff hallway.\n")
+    with pytest.raises(CorruptDataError, match=r"line 2: not UTF-8 text \(byte 0xff\)"):
+        parse_babi(path)
+
+
+# ---- 5. settings ------------------------------------------------------------------------------------------------
+
+BAD_SETTINGS = [
+    ("ae_mnist.yaml", "--data.init_args.batch_size=0", "data.batch_size must be > 0"),
+    ("ae_mnist.yaml", "--model.init_args.encoder.init_args.hidden_dims=[512, -1]", "Encoder.hidden_dims"),
+    ("dae_mnist.yaml", "--model.init_args.noise_level=1.5", "model.noise_level must be in [0, 1]"),
+    ("sparse_ae_mnist.yaml", "--model.init_args.rho=0", "model.rho must be in (0, 1)"),
+    ("vae_mnist.yaml", "--model.init_args.iw_samples=0", "model.iw_samples must be > 0"),
+    ("gan_mnist.yaml", "--model.init_args.discriminator.init_args.dropout=1.0", "MLPDiscriminator.dropout"),
+    ("ntm_copy.yaml", "--model.init_args.memory_rows=0", "model.memory_rows must be > 0"),
+    ("ntm_copy.yaml", "--data.init_args.test_lengths=[10, 0]", "data.test_lengths"),
+    ("memn2n_babi.yaml", "--model.init_args.hops=0", "model.hops must be > 0"),
+    ("memn2n_babi.yaml", "--model.init_args.random_noise=2", "model.random_noise must be in [0, 1]"),
+    ("st_cnn_rts_mnist.yaml", "--model.init_args.transformer.init_args.transform=shear", "transform"),
+]
+
+
+@pytest.mark.parametrize("config, flag, message", BAD_SETTINGS, ids=[f"{c}:{f.split('=')[0]}" for c, f, _ in BAD_SETTINGS])
+def test_an_impossible_setting_fails_naming_the_key_before_any_run(config, flag, message, tmp_path, mnist_root):
+    (tmp_path / "notes.txt").write_text("mine")
+    out = dl4("fit", "--config", CONFIGS / config, flag, *FAST, cwd=tmp_path, data_root=mnist_root)
+    _one_line_error(out, 2, message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_an_unreachable_wandb_server_falls_back_to_offline(tmp_path, mnist_root):
+    env = {**_env(mnist_root), "WANDB_MODE": "online", "WANDB_API_KEY": "x" * 40,
+           "WANDB_BASE_URL": "http://127.0.0.1:9"}  # the discard port: nothing listens there
+    start = time.time()
+    out = subprocess.run(["dl4", "fit", "--config", str(CONFIGS / "ae_mnist.yaml"), "--trainer.max_epochs=1",
+                          "--trainer.limit_train_batches=2", *FAST], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "W&B server http://127.0.0.1:9: no answer" in out.stderr and "logging offline" in out.stderr
+    assert len(list((tmp_path / "runs" / "wandb").glob("offline-run-*"))) == 1
+    assert time.time() - start < 120
