@@ -37,9 +37,10 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--batches", type=int, default=400)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--configs", nargs="+", default=CONFIGS)
     args = parser.parse_args()
     rows, results = [], {}
-    for config in CONFIGS:
+    for config in args.configs:
         times = {True: [], False: []}
         for _ in range(args.repeats):  # alternated, so that drifts of the machine hit both alike
             for guarded in (False, True):

@@ -217,7 +217,7 @@ class RunState(L.Callback):
             checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).pop("combined_loader", None)
 
     def on_train_start(self, trainer, pl_module):
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and trainer.checkpoint_callbacks:  # no checkpoints (benchmarks): nothing to guard
             self._lock_folder(checkpoint_dir(trainer))
         if self._restored is not None:
             set_rng_states(self._restored)
