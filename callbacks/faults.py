@@ -103,7 +103,7 @@ class DivergenceGuard(L.Callback):
             self.check(trainer, pl_module)
 
     def on_validation_start(self, trainer, pl_module):
-        if trainer.training:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
             self.check(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer, pl_module):
