@@ -270,7 +270,8 @@ def main(args=None) -> None:
     try:
         DL4CLI(args=args)
     except SIGTERMException as err:  # Lightning's (a SystemExit); PreemptionCheckpoint says what was saved
-        print(f"dl4: {err.code or 'stopped by SIGTERM before training started; nothing was saved'}", file=sys.stderr)
+        print(f"dl4: {err.code or 'stopped by SIGTERM outside a training step; no checkpoint was written for it'}",
+              file=sys.stderr)
         sys.exit(143)
     except Exception as err:
         cause = user_error(err)

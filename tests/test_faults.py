@@ -242,11 +242,11 @@ def test_concurrent_csv_runs_in_one_folder_get_their_own_versions(tmp_path, mnis
 
 def test_a_second_run_into_the_same_checkpoint_folder_is_refused_while_the_first_runs(tmp_path, mnist_root):
     args = ["fit", "--config", CONFIGS / "ae_mnist.yaml", "--trainer.logger=false", *FAST]
-    first = _popen([*args, "--trainer.max_epochs=1"], tmp_path, mnist_root, threads=1)
+    first = _popen([*args, "--trainer.max_epochs=20"], tmp_path, mnist_root, threads=1)  # killed below
     _wait_for(tmp_path / "checkpoints" / ".dl4.lock", first)
-    time.sleep(0.5)
     second = dl4(*args, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", cwd=tmp_path,
                  data_root=mnist_root)
+    assert first.poll() is None  # the first run was still training while the second tried
     first.kill()
     first.communicate()
     _one_line_error(second, 2, "another dl4 run", str(tmp_path / "checkpoints"))
