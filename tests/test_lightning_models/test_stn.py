@@ -1,6 +1,7 @@
 """The ST-CNN learns on real RTS distorted MNIST, faster than the CNN with the same budget, by zooming in."""
 
 import lightning as L
+import pytest
 import torch
 
 from conftest import CONFIGS, build_from_config
@@ -33,11 +34,16 @@ def test_st_cnn_learns_rts_and_zooms_in_and_beats_the_cnn_on_the_same_budget(mni
 def test_impossible_transformer_settings_are_one_line_errors_before_any_run(tmp_path, mnist_root):
     from conftest import dl4
 
-    for setting, message in (
+    from lightning_models.errors import ConfigError
+    from lightning_models.nn.stn import LocalisationCNN, SpatialTransformer
+
+    for kwargs, message in (({"tps_grid": (1, 4)}, "SpatialTransformer tps_grid must be at least 2 x 2"),
+                            ({"size": (0, 28)}, "SpatialTransformer size")):
+        with pytest.raises(ConfigError, match=message):
+            SpatialTransformer(LocalisationCNN(42), 50, **{"transform": "tps", **kwargs})
+    for setting, message in (  # through dl4: the network's key and the data's
             ("--model.init_args.transformer.init_args.transform=similarity",
              "SpatialTransformer transform must be affine, projective or tps, got 'similarity'"),
-            ("--model.init_args.transformer.init_args.tps_grid=[1,4]", "SpatialTransformer tps_grid must be at least 2 x 2"),
-            ("--model.init_args.transformer.init_args.size=[0,28]", "SpatialTransformer size"),
             ("--data.init_args.clutter_size=30", "data.clutter_size")):
         out = dl4("fit", "--config", CONFIGS / "st_cnn_tps_rts_mnist.yaml", setting, cwd=tmp_path, data_root=mnist_root)
         assert out.returncode == 2, out.stderr[-2000:]
