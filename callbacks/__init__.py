@@ -4,7 +4,9 @@ from callbacks.media import EveryNEpochs, image_grid, log_image
 from callbacks.memn2n import MemN2NAttention
 from callbacks.ntm import CopyGeneralisation, NTMMemoryTrace
 from callbacks.stn import TransformerPictures
+from callbacks.vse import EmbeddingArithmetic, EmbeddingMap, RetrievalExamples
 
-__all__ = ["CopyGeneralisation", "DecoderFilters", "EveryNEpochs", "GANSamples", "GANTrainingFigure",
-           "LatentInterpolation", "MemN2NAttention", "MomentumRamp", "NoiseInterpolation", "NTMMemoryTrace",
-           "PriorSamples", "ReconstructionGrid", "TransformerPictures", "image_grid", "log_image"]
+__all__ = ["CopyGeneralisation", "DecoderFilters", "EmbeddingArithmetic", "EmbeddingMap", "EveryNEpochs",
+           "GANSamples", "GANTrainingFigure", "LatentInterpolation", "MemN2NAttention", "MomentumRamp",
+           "NoiseInterpolation", "NTMMemoryTrace", "PriorSamples", "ReconstructionGrid", "RetrievalExamples",
+           "TransformerPictures", "image_grid", "log_image"]

@@ -42,6 +42,36 @@ def log_image(trainer: Trainer, key: str, grid: torch.Tensor, caption: str | Non
         save_image(grid, _file_for(Path(trainer.default_root_dir), key, step))
 
 
+def log_table(trainer: Trainer, key: str, rows: list[dict]) -> None:
+    """Log rows of {column: value} as a table: a ``wandb.Table`` for W&B (a (3, H, W) image tensor in [0, 1] as a
+    ``wandb.Image``), else a CSV file with the run's files (images saved as PNGs beside it, named in the cell)."""
+    columns = list(rows[0])
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            import wandb
+
+            cell = lambda v: wandb.Image(to_pil_image(v.clamp(0, 1))) if torch.is_tensor(v) else v  # noqa: E731
+            logger.log_table(key, columns=columns, data=[[cell(v) for v in r.values()] for r in rows],
+                             step=trainer.global_step)
+            return
+    import csv
+
+    name = f"{key.replace('/', '_')}_step{trainer.global_step:07d}"
+    out = []
+    for i, row in enumerate(rows):
+        out.append({})
+        for column, value in row.items():
+            if torch.is_tensor(value):
+                image = run_file(trainer, f"{name}_{i}_{column}.png")
+                save_image(value, image)
+                value = image.name
+            out[-1][column] = value
+    with open(run_file(trainer, f"{name}.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(out)
+
+
 def run_file(trainer: Trainer, name: str) -> Path:
     """A path for a raw file kept with the run: the W&B run's files (uploaded by ``wandb sync``), else the
     logger's ``log_dir/media``, else ``default_root_dir/media``."""

@@ -6,11 +6,9 @@ every hop on every sentence, the question, the true and the predicted answer. W&
 other loggers as a CSV file with the run; the same is drawn as an image (sentences against hops).
 """
 
-import csv
 
-from lightning.pytorch.loggers import WandbLogger
 
-from callbacks.media import EveryNEpochs, evaluating, figure_to_image, log_image, pyplot, run_file
+from callbacks.media import EveryNEpochs, evaluating, figure_to_image, log_image, log_table, pyplot
 
 
 def attention_rows(pl_module, datamodule, num_questions: int) -> list[dict]:
@@ -67,19 +65,6 @@ class MemN2NAttention(EveryNEpochs):
 
     def draw(self, trainer, pl_module):
         rows = attention_rows(pl_module, trainer.datamodule, self.num_questions)
-        self.log_table(trainer, "media/memn2n_attention", rows)
+        log_table(trainer, "media/memn2n_attention", rows)
         log_image(trainer, "media/memn2n_attention_image", figure_to_image(attention_figure(rows)),
                   caption=f"epoch {trainer.current_epoch}")
-
-    @staticmethod
-    def log_table(trainer, key: str, rows: list[dict]) -> None:
-        columns = list(rows[0])
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_table(key, columns=columns, data=[list(r.values()) for r in rows],
-                                 step=trainer.global_step)
-                return
-        with open(run_file(trainer, f"{key.replace('/', '_')}_step{trainer.global_step:07d}.csv"), "w") as f:
-            writer = csv.DictWriter(f, columns)
-            writer.writeheader()
-            writer.writerows(rows)

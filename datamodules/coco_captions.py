@@ -1,0 +1,422 @@
+"""Image-caption pairs in the official MS-COCO captions format: ``annotations/captions_<split>.json`` (read with
+pycocotools) and the images in ``<split>/``, under a root folder of the data root.
+
+    coco/annotations/captions_train2017.json   coco/train2017/000000000009.jpg ...    (COCO 2017)
+    coco/annotations/captions_train2014.json   coco/train2014/COCO_train2014_....jpg  (COCO 2014)
+
+With ``karpathy_split`` (Karpathy & Fei-Fei's ``dataset_coco.json``), the 2014 images are split as that file says
+(train + restval for training, its 5,000 val and 5,000 test images) and their captions come from the two official
+2014 files. Batches are dicts:
+
+- ``images``: (B, 3, S, S) float (ImageNet-normalised unless ``normalize: false``), or (B, F) precomputed features;
+- ``tokens``: (N, T) long, each caption ``<start> words <end>`` padded with 0 (``<pad>``); ``lengths``: (N,);
+- ``owner``: (N,) the row of ``images`` each caption belongs to; ``image_id``, ``caption_id``: COCO's ids.
+
+Training batches hold one caption per image, drawn afresh each epoch from the image's captions (N = B); evaluation
+batches hold every caption of each image (N ~ 5 B), the COCO retrieval protocol. The vocabulary (words seen at
+least ``min_word_count`` times in the training captions, plus ``<pad> <start> <end> <unk>``) is built in ``setup``,
+unless a model brings the one it was trained with (``set_vocabulary``): a model keeps its vocabulary in its
+checkpoint, so ``dl4 test`` and caption generation use the ids it learned.
+"""
+
+import contextlib
+import io
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.transforms import v2
+
+from datamodules.data_root import DatasetNotFoundError, default_data_dir
+from datamodules.integrity import CorruptDataError
+from datamodules.tensors import EpochOrder
+from lightning_models.errors import ConfigError, check_positive
+from lightning_models.nn.vse import decode
+
+PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+GET_COCO = ("MS-COCO: the captions annotations and images from https://cocodataset.org/#download (2017 Train/Val "
+            "annotations, 2017 Train and Val images), unpacked so that annotations/ and train2017/ are side by side")
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-cased words and numbers (a regular expression; the VSE++ code uses NLTK's word_tokenize, which also
+    keeps punctuation as tokens, and is one more dependency for what the ranking does not need)."""
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+class Vocabulary:
+    """Words <-> ids; id 0 is ``<pad>``. ``encode`` adds ``<start>`` and ``<end>``, unknown words are ``<unk>``."""
+
+    def __init__(self, words: list[str]):
+        if words[:4] != [PAD, START, END, UNK]:
+            raise ConfigError(f"a vocabulary starts with {PAD} {START} {END} {UNK}, got {words[:4]}")
+        self.words = list(words)
+        self.index = {w: i for i, w in enumerate(self.words)}
+
+    @classmethod
+    def build(cls, captions: list[list[str]], min_count: int) -> "Vocabulary":
+        counts = Counter(w for caption in captions for w in caption)
+        return cls([PAD, START, END, UNK] + sorted(w for w, c in counts.items() if c >= min_count))
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def encode(self, words: list[str]) -> list[int]:
+        unk = self.index[UNK]
+        return [self.index[START]] + [self.index.get(w, unk) for w in words] + [self.index[END]]
+
+    def decode(self, ids) -> str:
+        """Ids -> text, up to the first ``<end>``, without ``<start>`` and ``<pad>``."""
+        return decode(ids, self.words)
+
+
+class CaptionSplit:
+    """One split's images (ids, files) and their tokenised captions, images in id order."""
+
+    def __init__(self, image_ids: list[int], paths: list[Path], captions: list[list[str]],
+                 caption_ids: list[list[int]], texts: list[list[str]]):
+        self.image_ids, self.paths, self.captions, self.caption_ids = image_ids, paths, captions, caption_ids
+        self.texts = texts  # the raw captions: the references of BLEU and CIDEr
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+
+def read_coco(annotation_file: Path) -> "COCO":  # noqa: F821
+    """pycocotools' COCO index of a captions file, quietly; a missing or malformed file says which and why."""
+    from pycocotools.coco import COCO
+
+    if not annotation_file.is_file():
+        raise DatasetNotFoundError(f"COCO captions not found: {annotation_file} does not exist. Get {GET_COCO}, "
+                                   f"and point the data root (DL4_DATA_DIR) or data.init_args.root at the folder")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+            coco = COCO(str(annotation_file))
+        for ann in coco.dataset["annotations"]:
+            ann["image_id"], ann["caption"]  # noqa: B018  (a captions file must have both)
+        for img in coco.dataset["images"]:
+            img["id"], img["file_name"]  # noqa: B018
+    except (ValueError, KeyError, TypeError, AssertionError) as err:
+        raise CorruptDataError(f"{annotation_file} is not an MS-COCO captions file ({type(err).__name__}: {err}); "
+                               f"restore it from {GET_COCO}") from None
+    return coco
+
+
+def coco_split(coco, folder: Path, image_ids: list[int] | None = None) -> CaptionSplit:
+    """The images of ``coco`` (or only ``image_ids``), files in ``folder``, with their captions."""
+    ids = sorted(coco.imgs) if image_ids is None else image_ids
+    paths, captions, caption_ids, texts = [], [], [], []
+    for i in ids:
+        anns = sorted(coco.imgToAnns[i], key=lambda a: a["id"])
+        if not anns:
+            raise CorruptDataError(f"image {i} ({coco.imgs[i]['file_name']}) has no caption in its annotation file")
+        paths.append(folder / coco.imgs[i]["file_name"])
+        captions.append([tokenize(a["caption"]) for a in anns])
+        caption_ids.append([a["id"] for a in anns])
+        texts.append([a["caption"] for a in anns])
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise DatasetNotFoundError(f"{len(missing)} of {len(paths)} images listed in the annotations are not in "
+                                   f"{folder} (the first: {missing[0].name}); get {GET_COCO}")
+    return CaptionSplit(ids, paths, captions, caption_ids, texts)
+
+
+class CaptionedImages(Dataset):
+    """The items of a split: index ``i`` gives image i with all its captions; ``(i, c)`` gives it with caption c.
+
+    The image comes from ``source``: a list of files (decoded here, in a DataLoader worker, then ``transform``), a
+    uint8 tensor (N, 3, S, S) already decoded, or a float tensor of features (N, F)."""
+
+    def __init__(self, split: CaptionSplit, vocabulary: Vocabulary, source, transform=None):
+        self.split, self.vocabulary, self.source, self.transform = split, vocabulary, source, transform
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def image(self, i: int) -> torch.Tensor:
+        if torch.is_tensor(self.source):
+            return self.source[i]
+        path = self.source[i]
+        try:
+            image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)  # decode_jpeg for JPEGs
+        except RuntimeError as err:
+            raise CorruptDataError(f"{path} does not decode as an image ({err}); restore it from {GET_COCO}") from None
+        return self.transform(image) if self.transform is not None else image
+
+    def __getitem__(self, index):
+        i, chosen = (index, None) if isinstance(index, int) else index
+        numbers = range(len(self.split.captions[i])) if chosen is None else [chosen]
+        return {"image": self.image(i), "image_id": self.split.image_ids[i],
+                "captions": [self.vocabulary.encode(self.split.captions[i][c]) for c in numbers],
+                "caption_ids": [self.split.caption_ids[i][c] for c in numbers]}
+
+
+def collate_captions(items: list[dict]) -> dict:
+    """Stack the images; pad every caption of the batch to the longest, with ``owner`` pointing at its image."""
+    captions = [torch.tensor(c) for item in items for c in item["captions"]]
+    return {"images": torch.stack([item["image"] for item in items]),
+            "tokens": torch.nn.utils.rnn.pad_sequence(captions, batch_first=True, padding_value=0),
+            "lengths": torch.tensor([len(c) for c in captions]),
+            "owner": torch.tensor([k for k, item in enumerate(items) for _ in item["captions"]]),
+            "image_id": torch.tensor([item["image_id"] for item in items]),
+            "caption_id": torch.tensor([c for item in items for c in item["caption_ids"]])}
+
+
+class CaptionShuffle(EpochOrder):
+    """Each epoch: the images in a new random order, each with one of its captions drawn at random; both drawn from
+    ``seed + epoch`` (``seed_everything``'s seed by default), so a resumed run sees the same pairs."""
+
+    def __init__(self, captions_per_image: list[int], seed: int | None = None):
+        super().__init__(len(captions_per_image))
+        self.counts = captions_per_image
+        self.seed = torch.initial_seed() % 2**62 if seed is None else seed
+
+    def order(self) -> list[tuple[int, int]]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        chosen = (torch.rand(self.n, generator=g) * torch.tensor(self.counts)).long().tolist()
+        return [(i, chosen[i]) for i in torch.randperm(self.n, generator=g).tolist()]
+
+
+class CocoCaptionsDataModule(L.LightningDataModule):
+    """MS-COCO-format captions (COCO 2014 or 2017, the Karpathy split, or any dataset written in that format, such
+    as MNIST captions).
+
+    Args:
+        root: the dataset's folder, holding ``annotations/`` and the image folders; a relative path is under the
+            data root (``$DL4_DATA_DIR``, default ``./data``).
+        train_split, val_split, test_split: the splits' names (``captions_<name>.json`` and the folder ``<name>/``).
+            COCO 2017 has no public test captions: the test split defaults to val2017.
+        karpathy_split: Karpathy's ``dataset_coco.json`` (relative to ``root``); then the splits are its train (with
+            restval), val and test, read from captions_train2014.json and captions_val2014.json.
+        features: a folder (relative to ``root``) of precomputed image features, ``<split>.npy`` with one row per
+            image in image-id order (as ``precompute_features`` writes them, and as VSE++'s ``*_precomp`` folders
+            hold them): batches then carry features instead of images, and no image is read.
+        image_size, resize: images are resized (shorter side to ``resize``, default ``image_size * 8 / 7``: 256 for
+            224) and cropped to ``image_size``: at random for training with ``random_crop`` (and flipped at random
+            with ``flip``), else in the centre.
+        normalize: subtract ImageNet's mean and divide by its std (for torchvision backbones).
+        in_memory: decode every image once in ``setup`` and keep the uint8 tensors (small datasets).
+        min_word_count: a training word seen fewer times is ``<unk>``.
+        batch_size, eval_batch_size, num_workers: the loaders' (images are decoded in the workers).
+    """
+
+    def __init__(self, root: str = "coco", train_split: str = "train2017", val_split: str = "val2017",
+                 test_split: str | None = None, karpathy_split: str | None = None, features: str | None = None,
+                 image_size: int = 224, resize: int | None = None, random_crop: bool = True, flip: bool = False,
+                 normalize: bool = True,
+                 in_memory: bool = False, min_word_count: int = 4, batch_size: int = 128, eval_batch_size: int = 128,
+                 num_workers: int = 2, data_dir: str | None = None):
+        super().__init__()
+        check_positive("data", image_size=image_size, batch_size=batch_size, eval_batch_size=eval_batch_size,
+                       min_word_count=min_word_count, resize=resize)
+        if num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
+        if in_memory and (random_crop or flip):
+            raise ConfigError("data.in_memory keeps each image decoded at one crop: set data.random_crop and "
+                              "data.flip to false with it")
+        root_path = Path(root)
+        self.root = root_path if root_path.is_absolute() else Path(data_dir or default_data_dir()) / root_path
+        self.splits = {"train": train_split, "val": val_split, "test": test_split or val_split}
+        if karpathy_split:
+            self.splits = {"train": "train", "val": "val", "test": "test"}
+        self.karpathy_split, self.features = karpathy_split, features
+        self.image_size, self.resize, self.random_crop = image_size, resize, random_crop
+        self.flip, self.normalize = flip, normalize
+        self.in_memory, self.min_word_count = in_memory, min_word_count
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.vocabulary: Vocabulary | None = None
+        self.data: dict[str, CaptionSplit] = {}
+        self.datasets: dict[str, CaptionedImages] = {}
+        self._coco: dict = {}
+
+    # reading
+    def coco(self, split: str):
+        """pycocotools' index of a split's annotation file (``captions_<name>.json``)."""
+        name = self.splits.get(split, split)
+        if name not in self._coco:
+            self._coco[name] = read_coco(self.root / "annotations" / f"captions_{name}.json")
+        return self._coco[name]
+
+    def read_split(self, split: str) -> CaptionSplit:
+        if not self.karpathy_split:
+            return coco_split(self.coco(split), self.root / self.splits[split])
+        file = self.root / self.karpathy_split
+        if not file.is_file():
+            raise DatasetNotFoundError(f"the Karpathy split {file} does not exist: get dataset_coco.json from "
+                                       "https://cs.stanford.edu/people/karpathy/deepimagesent/ (coco.zip)")
+        wanted = {"train": ("train", "restval"), "val": ("val",), "test": ("test",)}[split]
+        try:
+            entries = [e for e in json.loads(file.read_text())["images"] if e["split"] in wanted]
+        except (ValueError, KeyError, TypeError) as err:
+            raise CorruptDataError(f"{file} is not Karpathy's dataset_coco.json ({err})") from None
+        parts = []
+        for folder in ("train2014", "val2014"):
+            ids = sorted(e["cocoid"] for e in entries if e["filepath"] == folder)
+            if ids:
+                parts.append(coco_split(self.coco(folder), self.root / folder, ids))
+        merged = CaptionSplit([], [], [], [], [])
+        for part in parts:
+            for key in ("image_ids", "paths", "captions", "caption_ids", "texts"):
+                getattr(merged, key).extend(getattr(part, key))
+        return merged
+
+    def prepare_data(self):
+        for split in ("train", "val", "test"):
+            self.read_split(split)  # says what is missing before any run is created
+
+    def setup(self, stage: str | None = None):
+        for split in ("train", "val", "test"):
+            if split not in self.data:
+                self.data[split] = self.read_split(split)
+        if self.vocabulary is None:
+            self.vocabulary = Vocabulary.build([c for cs in self.data["train"].captions for c in cs],
+                                               self.min_word_count)
+        for split in ("train", "val", "test"):
+            if split not in self.datasets:
+                self.datasets[split] = CaptionedImages(self.data[split], self.vocabulary, *self._source(split))
+
+    def set_vocabulary(self, words: list[str]) -> None:
+        """Use a model's vocabulary (the one its checkpoint keeps) instead of building one."""
+        self.vocabulary = Vocabulary(words)
+        for dataset in self.datasets.values():
+            dataset.vocabulary = self.vocabulary
+
+    def _source(self, split: str):
+        data = self.data[split]
+        if self.features:
+            file = self.root / self.features / f"{self.splits[split]}.npy"
+            if not file.is_file():
+                raise DatasetNotFoundError(f"precomputed features not found: {file} (write them with "
+                                           f"python -m datamodules.coco_captions features)")
+            rows = torch.from_numpy(np.load(file)).float()
+            if rows.ndim != 2 or len(rows) != len(data):
+                raise CorruptDataError(f"{file} holds {tuple(rows.shape)} features; the {split} split has "
+                                       f"{len(data)} images, one row each in image-id order")
+            return rows, None
+        resize = self.resize or round(self.image_size * 8 / 7)
+        if split == "train" and self.random_crop:
+            steps = [v2.Resize(resize, antialias=True), v2.RandomCrop(self.image_size)]
+            transform = v2.Compose(steps + ([v2.RandomHorizontalFlip()] if self.flip else []))
+        else:
+            transform = v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(self.image_size)])
+        if not self.in_memory:
+            return data.paths, transform
+        decoding = DataLoader(CaptionedImages(data, Vocabulary([PAD, START, END, UNK]), data.paths, transform),
+                              batch_size=256, num_workers=self.num_workers, collate_fn=collate_captions)
+        return torch.cat([batch["images"] for batch in decoding]), None
+
+    # loaders
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.datasets[split]
+        workers = 0 if self.in_memory or self.features else self.num_workers
+        sampler = CaptionShuffle([len(c) for c in dataset.split.captions]) if shuffle else None
+        from torchdata.stateful_dataloader import StatefulDataLoader
+
+        return StatefulDataLoader(dataset, batch_size=self.batch_size if shuffle else self.eval_batch_size,
+                                  sampler=sampler, drop_last=shuffle, num_workers=workers,
+                                  collate_fn=collate_captions, persistent_workers=workers > 0,
+                                  generator=torch.Generator())
+
+    def train_dataloader(self):
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self):
+        return self._loader("test", shuffle=False)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        images = batch["images"]
+        if images.dtype == torch.uint8:
+            images = images.float() / 255
+            if self.normalize:
+                mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
+                std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+                images = (images - mean) / std
+        return {**batch, "images": images}
+
+    # what the pictures and the evaluation need
+    def fixed_batch(self, n: int, seed: int = 0, device=None, split: str = "val") -> dict:
+        """The first ``n`` images of a split with all their captions, as an evaluation step gets them."""
+        dataset = self.datasets[split]
+        batch = collate_captions([dataset[i] for i in range(min(n, len(dataset)))])
+        batch = self.transfer_batch_to_device(batch, torch.device(device or "cpu"), 0)
+        return self.on_after_batch_transfer(batch, 0)
+
+    def all_captions(self, split: str = "val") -> dict:
+        """Every caption of a split (tokens, lengths, the image id each belongs to, its text), no images."""
+        data = self.data[split]
+        encoded = [torch.tensor(self.vocabulary.encode(c)) for cs in data.captions for c in cs]
+        return {"tokens": torch.nn.utils.rnn.pad_sequence(encoded, batch_first=True),
+                "lengths": torch.tensor([len(c) for c in encoded]),
+                "image_id": torch.tensor([i for i, cs in zip(data.image_ids, data.captions) for _ in cs]),
+                "text": [t for ts in data.texts for t in ts]}
+
+    def references(self, split: str) -> dict[int, list[str]]:
+        """The reference captions of every image of a split, by image id, tokenised as the vocabulary's words are
+        (for BLEU and CIDEr)."""
+        data = self.data[split]
+        return {i: [" ".join(tokenize(t)) for t in texts] for i, texts in zip(data.image_ids, data.texts)}
+
+    def state_dict(self):
+        return {"vocabulary": self.vocabulary.words} if self.vocabulary is not None else {}
+
+    def load_state_dict(self, state):
+        if state.get("vocabulary"):
+            self.set_vocabulary(state["vocabulary"])
+
+
+@torch.no_grad()
+def precompute_features(datamodule: CocoCaptionsDataModule, encoder: torch.nn.Module, out: Path,
+                        device: str = "cpu") -> list[Path]:
+    """Runs ``encoder`` (images -> (B, F)) over every split's images (centre crops) and writes ``out/<split>.npy``,
+    one row per image in image-id order, for ``CocoCaptionsDataModule(features=...)``."""
+    datamodule.random_crop = False
+    datamodule.setup()
+    encoder.eval().to(device)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for split in ("train", "val", "test"):
+        rows = []
+        for batch in datamodule._loader(split, shuffle=False):
+            batch = datamodule.on_after_batch_transfer(batch, 0)
+            rows.append(encoder(batch["images"].to(device)).float().cpu())
+        path = out / f"{datamodule.splits[split]}.npy"
+        np.save(path, torch.cat(rows).numpy())
+        written.append(path)
+    return written
+
+
+def main(argv=None):
+    import argparse
+
+    from lightning_models.nn.vse import TorchvisionEncoder
+
+    parser = argparse.ArgumentParser(description="Precompute image features for CocoCaptionsDataModule(features=)")
+    parser.add_argument("command", choices=["features"])
+    parser.add_argument("--root", default="coco")
+    parser.add_argument("--train_split", default="train2017")
+    parser.add_argument("--val_split", default="val2017")
+    parser.add_argument("--karpathy_split", default=None)
+    parser.add_argument("--backbone", default="resnet152")
+    parser.add_argument("--weights", default="DEFAULT", help="torchvision weights name, a .pth file, or none")
+    parser.add_argument("--out", default="features")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    dm = CocoCaptionsDataModule(args.root, args.train_split, args.val_split, karpathy_split=args.karpathy_split,
+                                random_crop=False)
+    encoder = TorchvisionEncoder(args.backbone, None if args.weights == "none" else args.weights)
+    for path in precompute_features(dm, encoder, dm.root / args.out, args.device):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()
