@@ -11,9 +11,10 @@ seen in training. What was drawn (the digits, their colours, MNIST indices and b
 each image's entry of the annotation file, next to the keys pycocotools reads: it is the record that captions,
 retrieval, arithmetic and generated captions are checked against (``parse_caption``).
 
-With 8 colours and 10 digits, a two-digit image has one of 12,800 contents and a one-digit image one of 400, so a
-few test images share their content with another (``unique_content``): no model can rank the right one of such
-twins first more than half the time. ``benchmarks/vse.py`` states that ceiling next to R@1.
+With 10 colours and 10 digits, a two-digit image has one of 20,000 contents and a one-digit image (5% of them)
+one of 900, so a few test images share their content with another: no model can rank the right one of such
+twins first more than half the time. ``r1_ceiling`` is the R@1 of a perfect model that picks among twins at
+random; ``benchmarks/vse.py`` states it next to R@1.
 """
 
 import argparse
@@ -31,10 +32,12 @@ from lightning_models.errors import ConfigError
 
 SIZE, DIGIT = 64, 28
 COLOURS = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.2, 0.4, 1.0), "yellow": (1.0, 1.0, 0.0),
-           "magenta": (1.0, 0.0, 1.0), "cyan": (0.0, 1.0, 1.0), "white": (1.0, 1.0, 1.0), "orange": (1.0, 0.5, 0.0)}
+           "magenta": (1.0, 0.0, 1.0), "cyan": (0.0, 1.0, 1.0), "white": (1.0, 1.0, 1.0), "orange": (1.0, 0.5, 0.0),
+           "pink": (1.0, 0.55, 0.75), "purple": (0.55, 0.15, 0.9)}
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-PLACES = {"top left": (0, 0), "top right": (1, 0), "bottom left": (0, 1), "bottom right": (1, 1), "middle": None}
-SINGLE_FRACTION = 0.15  # the share of one-digit canvases; the rest are pairs, half side by side, half stacked
+PLACES = {f"{row} {col}" if (row, col) != ("middle", "middle") else "centre": (c, r)
+          for r, row in enumerate(("top", "middle", "bottom")) for c, col in enumerate(("left", "middle", "right"))}
+SINGLE_FRACTION = 0.05  # the share of one-digit canvases; the rest are pairs, half side by side, half stacked
 TEMPLATES = {  # {a}: the first digit (left, top, or the only one), {b}: the second; five phrasings each
     "side by side": ["a {a} to the left of a {b}", "a {b} to the right of a {a}", "a {a} on the left and a {b} on the "
                      "right", "a {b} on the right and a {a} on the left", "{a} left of {b}"],
@@ -44,7 +47,7 @@ TEMPLATES = {  # {a}: the first digit (left, top, or the only one), {b}: the sec
                "the {place} has a {a}", "a {a} alone in the {place}"],
 }
 SPLITS = {"train": (True, 0), "val": (False, 0), "test": (False, 5000)}  # MNIST split and first index used
-VERSION = 1
+VERSION = 2
 
 
 def content(record: dict) -> tuple:
@@ -78,12 +81,13 @@ def parse_caption(text: str) -> tuple | None:
     return None
 
 
-def unique_content(records: list[dict]) -> float:
-    """The fraction of images whose content no other image of the list shares: R@1's ceiling."""
+def r1_ceiling(records: list[dict]) -> float:
+    """Text -> image R@1 of a perfect model: a caption of an image whose content n images share finds its own
+    image first with probability 1 / n."""
     counts: dict = {}
     for r in records:
         counts[content(r)] = counts.get(content(r), 0) + 1
-    return sum(counts[content(r)] == 1 for r in records) / len(records)
+    return sum(1 / counts[content(r)] for r in records) / len(records)
 
 
 def _layout(rng: random.Random) -> tuple[str, str | None, list[tuple[int, int]]]:
@@ -91,11 +95,9 @@ def _layout(rng: random.Random) -> tuple[str, str | None, list[tuple[int, int]]]
     jitter = lambda: rng.randint(0, SIZE - 2 * DIGIT)  # noqa: E731  (0-8 pixels)
     if rng.random() < SINGLE_FRACTION:
         place = rng.choice(list(PLACES))
-        if PLACES[place] is None:
-            centre = (SIZE - DIGIT) // 2
-            return "single", place, [(centre + rng.randint(-3, 3), centre + rng.randint(-3, 3))]
         col, row = PLACES[place]
-        return "single", place, [(col * (SIZE - DIGIT - 8) + jitter() // 2, row * (SIZE - DIGIT - 8) + jitter() // 2)]
+        step = (SIZE - DIGIT - 4) // 2  # 16: the places' corners are 0, 16 and 32 pixels in, plus 0-4 of jitter
+        return "single", place, [(col * step + rng.randint(0, 4), row * step + rng.randint(0, 4))]
     if rng.random() < 0.5:
         y = rng.randint(0, SIZE - DIGIT)
         return "side by side", None, [(jitter() // 2, y), (DIGIT + jitter() // 2 + 4, rng.randint(0, SIZE - DIGIT))]
@@ -206,19 +208,15 @@ class MNISTCaptionsDataModule(CocoCaptionsDataModule):
         return sum(parse_caption(c) == content(records[i]) for i, c in zip(image_ids, captions)) / max(len(captions), 1)
 
     def arithmetic_queries(self, split: str, n: int = 100) -> list[dict]:
-        """Queries for image(colour digit) - v(colour) + v(other colour): the first ``n`` one-digit images of the
-        split, each with its colour swapped for the next colour in ``COLOURS``; a hit is an image holding the digit
-        in the new colour (``arithmetic_hit``)."""
+        """Queries for image(colour digit) - v(colour) + v(other colour): the first ``n`` images of the split, the
+        colour of each one's first digit swapped for the next colour in ``COLOURS``; a hit is an image holding
+        that digit in the new colour (``arithmetic_hit``)."""
         names = list(COLOURS)
         out = []
-        for image_id, r in self.records(split).items():
-            if r["layout"] == "single":
-                colour = r["digits"][0]["colour"]
-                new = names[(names.index(colour) + 1) % len(names)]
-                out.append({"image_id": image_id, "minus": colour, "plus": new,
-                            "target": (new, r["digits"][0]["digit"])})
-            if len(out) == n:
-                break
+        for image_id, r in list(self.records(split).items())[:n]:
+            colour, digit = r["digits"][0]["colour"], r["digits"][0]["digit"]
+            new = names[(names.index(colour) + 1) % len(names)]
+            out.append({"image_id": image_id, "minus": colour, "plus": new, "target": (new, digit)})
         return out
 
     def arithmetic_hit(self, split: str, query: dict, image_id: int) -> bool:

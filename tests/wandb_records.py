@@ -54,3 +54,11 @@ def config(run_dir: Path) -> dict:
             for item in record.config.update:
                 merged[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
     return merged
+
+
+def artifacts(run_dir: Path) -> list:
+    """The artifacts the run logged (a W&B table with media goes as one, type ``run_table``), as protobufs: name,
+    type, and ``manifest.contents`` with each file's path and the staged ``local_path`` that ``wandb sync``
+    uploads."""
+    (path,) = Path(run_dir).glob("run-*.wandb")
+    return [r.artifact for r in records(path) if r.WhichOneof("record_type") == "artifact"]

@@ -236,23 +236,32 @@ def embedding_arithmetic(query: torch.Tensor, minus: torch.Tensor, plus: torch.T
 class CaptionDecoder(nn.Module):
     """An LSTM language model conditioned on the image embedding x: its first state is (tanh(W_h x), 0) and x is
     fed next to the word vector at every step, so the image is never forgotten (Kiros et al.'s decoder also
-    conditions every word on the image)."""
+    conditions every word on the image). With ``gate``, the output h_t is multiplied by sigmoid(W_g x) before the
+    vocabulary layer: the image gates the next-word prediction, as in Kiros et al.'s factored multimodal
+    log-bilinear model (MLBL-F), where the image modulates the word representations multiplicatively. A sum of the
+    word and the image cannot say "the digit that is yellow" as easily as a product; measured on MNIST captions:
+    ... (teacher-forced digit accuracy after 400 steps, with and without)."""
 
-    def __init__(self, input_size: int = 300, image_size: int = 1024, hidden_size: int = 512):
+    def __init__(self, input_size: int = 300, image_size: int = 1024, hidden_size: int = 512, gate: bool = True):
         super().__init__()
         check_positive("CaptionDecoder", input_size=input_size, image_size=image_size, hidden_size=hidden_size)
         self.input_size, self.image_size, self.out_features = input_size, image_size, hidden_size
         self.init_h = nn.Linear(image_size, hidden_size)
         self.lstm = nn.LSTM(input_size + image_size, hidden_size, batch_first=True)
+        self.W_g = nn.Linear(image_size, hidden_size) if gate else None
 
     def start(self, x: torch.Tensor):
         return torch.tanh(self.init_h(x)).unsqueeze(0), x.new_zeros(1, len(x), self.out_features)
 
     def forward(self, words: torch.Tensor, x: torch.Tensor, state=None):
-        """Word vectors (B, T, input_size) and image embeddings (B, image_size) -> hidden states (B, T, H), state."""
+        """Word vectors (B, T, input_size) and image embeddings (B, image_size) -> outputs (B, T, H) for the
+        vocabulary layer, and the LSTM's state."""
         state = self.start(x) if state is None else state
         inputs = torch.cat([words, x[:, None].expand(-1, words.shape[1], -1)], dim=-1)
-        return self.lstm(inputs, state)
+        h, state = self.lstm(inputs, state)
+        if self.W_g is not None:
+            h = h * torch.sigmoid(self.W_g(x))[:, None]
+        return h, state
 
     @staticmethod
     def reorder(state, index: torch.Tensor):

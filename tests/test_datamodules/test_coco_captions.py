@@ -185,4 +185,4 @@ def test_the_mnist_captions_datamodule_reads_the_generated_files_as_coco(mnist_c
     assert dm.caption_accuracy("val", owners, texts) == 1.0
     assert dm.caption_accuracy("val", owners[5:] + owners[:5], texts) == 0  # each caption on the next image
     query = dm.arithmetic_queries("val", 1)[0]
-    assert records[query["image_id"]]["layout"] == "single" and query["minus"] != query["plus"]
+    assert query["minus"] == records[query["image_id"]]["digits"][0]["colour"] != query["plus"]

@@ -1,0 +1,172 @@
+"""The multimodal numbers in docs/results/vse.md: visual-semantic embeddings on MNIST captions and on the COCO
+sample.
+
+    python benchmarks/vse.py mnist --out benchmarks/results/vse_mnist_captions.json [--epochs 20]
+                                   [--root data/mnist_captions] [--ckpt PATH] [-- CLI arguments]
+        writes MNIST captions (20,000 / 1,000 / 1,000 images from seed 0) to --root if they are not there, trains
+        configs/vse_mnist_captions.yaml (or only evaluates --ckpt), saves the last checkpoint next to --out, then
+        on the 1,000 test images and their 5,000 captions: retrieval both ways (R@1/5/10, median rank) with the
+        R@1 ceiling of the test set (the images whose content no other test image shares), the generated
+        captions (greedy and beam 3: BLEU-1..4, CIDEr-D and the exact accuracy of digits, colours and relation)
+        and the embedding arithmetic image(colour digit) - v(colour) + v(next colour) over every one-digit test
+        image (a hit: the nearest other test image holds the digit in the new colour).
+    python benchmarks/vse.py coco --out benchmarks/results/vse_coco_sample.json [--epochs 3]
+        the whole pipeline on the 159 real COCO 2017 images of the data root's coco_sample (JPEGs decoded in
+        workers, train, retrieval, generated captions) through configs/vse_coco.yaml: that it runs; 79 validation
+        images give no meaningful numbers.
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+from datetime import date
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from common import REPO, Timer, build_run, default_data_dir, write_json
+
+QUIET = ["--trainer.logger=false", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+         "--trainer.callbacks=[]"]
+
+
+def machine() -> str:
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+@torch.no_grad()
+def evaluate_mnist(model, dm) -> dict:
+    """Everything the results table reports, on the test split."""
+    from datamodules.mnist_captions import r1_ceiling
+    from lightning_models.nn.vse import decode, recall_at, retrieval_ranks
+
+    model.eval()
+    data = dm.datasets["test"]
+    images = dm.on_after_batch_transfer({"images": data.source}, 0)["images"]
+    codes = torch.cat([model.image_codes(chunk) for chunk in images.split(500)])
+    x = torch.nn.functional.normalize(codes, dim=-1)
+    captions = dm.all_captions("test")
+    v = torch.cat([model.embed_captions(t, n) for t, n in zip(captions["tokens"].split(1000),
+                                                                 captions["lengths"].split(1000))])
+    ids = data.split.image_ids
+    row = {i: r for r, i in enumerate(ids)}
+    owner = torch.tensor([row[int(i)] for i in captions["image_id"]])
+    i2t, t2i = retrieval_ranks(x @ v.T, owner)
+    records = dm.records("test")
+    out = {"test_images": len(ids), "test_captions": len(owner),
+           "r1_ceiling": 100 * r1_ceiling([records[i] for i in ids]),
+           "image_to_text": recall_at(i2t), "text_to_image": recall_at(t2i)}
+    references = dm.references("test")
+    for beam in (1, 3):
+        generated = torch.cat([model.generate(chunk, beam) for chunk in codes.split(500)])
+        texts = [decode(r, model.vocabulary) for r in generated]
+        out[f"captions_beam{beam}"] = caption_scores(texts, [references[i] for i in ids])
+        out[f"captions_beam{beam}"]["accuracy"] = 100 * dm.caption_accuracy("test", ids, texts)
+        out[f"captions_beam{beam}"]["examples"] = [f"{records[i]['file_name']}: {t}" for i, t in zip(ids[:5], texts)]
+    queries = dm.arithmetic_queries("test", n=len(ids))
+    at = torch.tensor([row[q["image_id"]] for q in queries])
+    nearest = model.arithmetic(images[at], [q["minus"] for q in queries], [q["plus"] for q in queries], x, k=1,
+                               exclude=at)[:, 0]
+    hits = [dm.arithmetic_hit("test", q, ids[int(n)]) for q, n in zip(queries, nearest)]
+    out["arithmetic"] = {"queries": len(queries), "hits": sum(hits), "accuracy": 100 * sum(hits) / len(hits)}
+    return out
+
+
+def caption_scores(texts: list[str], references: list[list[str]]) -> dict:
+    from pycocoevalcap.cider.cider import Cider
+    from torchmetrics.functional.text import bleu_score
+
+    out = {f"bleu{n}": 100 * float(bleu_score(texts, references, n_gram=n)) for n in (1, 2, 3, 4)}
+    out["cider"] = 100 * float(Cider().compute_score(dict(enumerate(references)),
+                                                     {k: [t] for k, t in enumerate(texts)})[0])
+    return out
+
+
+class PrintValidation(L.Callback):
+    """One line of validation numbers per epoch (the curve of the results page)."""
+
+    def on_train_epoch_end(self, trainer, pl_module):  # after the epoch's validation has logged
+        m = trainer.callback_metrics
+        keys = ("val/i2t_r1", "val/t2i_r1", "val/caption_accuracy")
+        print(f"epoch {trainer.current_epoch}: " + ", ".join(f"{k[4:]} {float(m[k]):.1f}" for k in keys if k in m),
+              flush=True)
+
+
+def mnist(args, extra):
+    from datamodules.mnist_captions import write_mnist_captions
+
+    data_dir = default_data_dir()
+    root = Path(args.root).resolve()
+    with Timer() as gen:
+        write_mnist_captions(root, data_dir, seed=0)
+    overrides = [f"--data.init_args.root={root}", f"--trainer.max_epochs={args.epochs}",
+                 f"--lr_scheduler.init_args.T_max={args.epochs}", *QUIET, "--trainer.enable_checkpointing=false",
+                 *extra]
+    run = build_run(REPO / "configs" / "vse_mnist_captions.yaml", overrides)
+    run.trainer.callbacks.append(PrintValidation())
+    ckpt = Path(args.out).with_suffix(".ckpt")
+    result = {"command": " ".join(["python", *sys.argv]), "date": str(date.today()), "machine": machine(),
+              "config": "configs/vse_mnist_captions.yaml", "epochs": args.epochs, "overrides": extra,
+              "generate_seconds": round(gen.seconds, 1)}
+    if args.ckpt:
+        from lightning_models import VSE
+
+        run.model = VSE.load_from_checkpoint(args.ckpt, map_location="cpu")
+        result["checkpoint"] = args.ckpt
+        run.datamodule.prepare_data()
+        run.datamodule.setup()
+        run.datamodule.set_vocabulary(run.model.vocabulary)
+    else:
+        with Timer() as t:
+            run.trainer.fit(run.model, run.datamodule)
+        result["train_seconds"] = round(t.seconds, 1)
+        run.trainer.save_checkpoint(ckpt)
+        result["checkpoint"] = str(ckpt)
+    with Timer() as t:
+        result.update(evaluate_mnist(run.model, run.datamodule))
+    result["evaluate_seconds"] = round(t.seconds, 1)
+    write_json(args.out, result)
+    print(json.dumps(result, indent=1))
+
+
+def coco(args, extra):
+    data_dir = Path(default_data_dir())
+    overrides = [f"--data.init_args.root={data_dir / 'coco_sample'}", f"--trainer.max_epochs={args.epochs}",
+                 *QUIET, "--trainer.enable_checkpointing=false", "--data.init_args.batch_size=16",
+                 "--data.init_args.eval_batch_size=40", "--data.init_args.num_workers=2", *extra]
+    run = build_run(REPO / "configs" / "vse_coco.yaml", overrides)
+    with Timer() as t:
+        run.trainer.fit(run.model, run.datamodule)
+        metrics = run.trainer.test(run.model, run.datamodule, verbose=False)[0]
+    examples = run.model.caption(run.datamodule.fixed_batch(3, split="test")["images"])
+    result = {"command": " ".join(["python", *sys.argv]), "date": str(date.today()), "machine": machine(),
+              "epochs": args.epochs, "seconds": round(t.seconds, 1), "test": metrics, "generated": examples,
+              "note": "80 training and 79 test images: a check that the pipeline runs, not a result"}
+    write_json(args.out, result)
+    print(json.dumps(result, indent=1))
+
+
+def main():
+    argv = sys.argv[1:]
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("task", choices=["mnist", "coco"])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--root", default=str(REPO / "data" / "mnist_captions"))
+    parser.add_argument("--ckpt", default=None)
+    args = parser.parse_args(argv)
+    if args.task == "mnist":
+        args.epochs = args.epochs or 20
+        mnist(args, extra)
+    else:
+        args.epochs = args.epochs or 3
+        coco(args, extra)
+
+
+if __name__ == "__main__":
+    main()

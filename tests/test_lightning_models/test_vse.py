@@ -1,0 +1,109 @@
+"""The visual-semantic embedding learns on real MNIST captions; its vocabulary travels with its checkpoint; under
+DDP its retrieval numbers are the single-process ones; and its pictures and table reach the offline W&B run."""
+
+import csv
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from conftest import CONFIGS, build_from_config, dl4
+from datamodules.mnist_captions import write_mnist_captions
+from lightning_models import VSE
+from lightning_models.nn.vse import CaptionDecoder, SentenceEncoder, SmallCNN
+from wandb_records import artifacts, history
+
+SIZES = {"train": 1500, "val": 101, "test": 101}  # 101: two processes get 51 each, one image counted twice
+SIZE_ARGS = ["--data.init_args.train_size=1500", "--data.init_args.val_size=101", "--data.init_args.test_size=101"]
+
+
+@pytest.fixture(scope="module")
+def captions_root(mnist_root, tmp_path_factory):
+    return write_mnist_captions(tmp_path_factory.mktemp("vse") / "mnist_captions", str(mnist_root), 0, SIZES)
+
+
+def test_vse_learns_retrieval_and_captions_on_mnist_captions(captions_root, mnist_root):
+    """150 steps of the config's model (batch 64) on 1,500 training images; on 101 test images and their 505
+    captions, chance is R@5 = 5% (text -> image) and about 5% (image -> text). Measured: ..."""
+    run = build_from_config(CONFIGS / "vse_mnist_captions.yaml", f"--data.init_args.root={captions_root}",
+                            f"--data.init_args.data_dir={mnist_root}", "--data.init_args.batch_size=64", *SIZE_ARGS)
+    trainer = L.Trainer(max_steps=150, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(run.model, run.datamodule)
+    metrics = trainer.test(run.model, run.datamodule, verbose=False)[0]
+    assert metrics["test/t2i_r5"] > 30, metrics
+    assert metrics["test/i2t_r5"] > 30, metrics
+    assert metrics["test/bleu1"] > 40, metrics
+
+
+def test_the_vocabulary_is_built_from_the_data_then_kept_in_the_checkpoint(captions_root, mnist_root, tmp_path):
+    run = build_from_config(CONFIGS / "vse_mnist_captions.yaml", f"--data.init_args.root={captions_root}",
+                            f"--data.init_args.data_dir={mnist_root}", *SIZE_ARGS)
+    trainer = L.Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(run.model, run.datamodule)
+    assert run.model.vocabulary == run.datamodule.vocabulary.words and "seven" in run.model.vocabulary
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    loaded = VSE.load_from_checkpoint(tmp_path / "m.ckpt", map_location="cpu")
+    assert loaded.vocabulary == run.model.vocabulary and loaded.W_T.num_embeddings == len(run.model.vocabulary)
+    with pytest.raises(ValueError, match="vocabulary differs"):
+        loaded.set_vocabulary(run.model.vocabulary[:-1])
+
+
+def test_word_vectors_from_a_glove_file_initialise_w_t_frozen(tmp_path):
+    (tmp_path / "glove.txt").write_text("red 1 2 3\nseven 4 5 6\nunused 0 0 0\n")
+    words = ["<pad>", "<start>", "<end>", "<unk>", "red", "seven", "blue"]
+    model = VSE(SmallCNN(16, [4], 8), SentenceEncoder(3, 8), CaptionDecoder(3, 8, 8), vocabulary=words,
+                word_vectors=str(tmp_path / "glove.txt"))
+    assert model.W_T.weight[4].tolist() == [1, 2, 3] and model.W_T.weight[5].tolist() == [4, 5, 6]
+    assert not model.W_T.weight.requires_grad
+    (tmp_path / "bad.txt").write_text("red 1 2\n")
+    with pytest.raises(ValueError, match="bad.txt line 1 has 2 numbers"):
+        VSE(SmallCNN(16, [4], 8), SentenceEncoder(3, 8), vocabulary=words, caption_weight=0,
+            word_vectors=str(tmp_path / "bad.txt"))
+
+
+def _test_metrics(run_dir) -> dict:
+    (path,) = run_dir.rglob("metrics.csv")
+    rows = [r for r in csv.DictReader(open(path)) if r.get("test/i2t_r1")]
+    return {k: float(v) for k, v in rows[-1].items() if k.startswith("test/") and v}
+
+
+def test_fit_logs_table_and_pictures_to_wandb_and_ddp_test_equals_one_process(captions_root, mnist_root, tmp_path):
+    """`dl4 fit` (1 epoch, the config's W&B logger offline): the retrieval table, the arithmetic panel and the
+    embedding map are in the run. Then `dl4 test` of its checkpoint on 1 process and on 2 (DDP, gloo; the sampler
+    pads 101 test images to 2 x 51): every retrieval and caption number is the same."""
+    data = [f"--data.init_args.root={captions_root}", f"--data.init_args.data_dir={mnist_root}", *SIZE_ARGS,
+            "--data.init_args.eval_batch_size=20", "--trainer.enable_progress_bar=false"]
+    out = dl4("fit", "--config", CONFIGS / "vse_mnist_captions.yaml", *data, "--trainer.max_epochs=1",
+              "--trainer.limit_train_batches=3",
+              cwd=tmp_path, data_root=mnist_root)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (run_dir,) = (tmp_path / "runs" / "wandb").glob("offline-run-*")
+    logged = {k: v for row in history(run_dir) for k, v in row.items()}
+    assert logged["media/vse_retrieval/_type"] == "table-file" and logged["media/vse_retrieval/nrows"] == 8
+    # a table with images is logged as an artifact: its JSON and the 8 query images, staged for `wandb sync`
+    (table,) = [a for a in artifacts(run_dir) if a.type == "run_table" and "vse_retrieval" in a.name]
+    files = {c.path: c.local_path for c in table.manifest.contents}
+    assert sum(p.endswith(".png") for p in files) == 8
+    content = json.loads(Path(next(v for k, v in files.items() if k.endswith(".table.json"))).read_text())
+    assert content["columns"] == ["image", "image_id", "top 5 captions", "generated"]
+    assert all(row[0]["_type"] == "image-file" and row[2].count("\n") == 4 for row in content["data"])
+    for picture in ("vse_arithmetic", "vse_map"):
+        assert logged[f"media/{picture}/_type"] == "images/separated" and logged[f"media/{picture}/count"] == 1
+    assert {"val/i2t_r1", "val/t2i_r5", "val/cider", "val/bleu4", "val/caption_accuracy"} <= logged.keys()
+    ckpt = next(tmp_path.rglob("last.ckpt"))
+    numbers = []
+    for devices in (1, 2):
+        out = dl4("test", "--config", CONFIGS / "vse_mnist_captions.yaml", *data, "--ckpt_path", ckpt,
+                  "--trainer.logger=CSVLogger", f"--trainer.logger.save_dir=csv{devices}", "--trainer.accelerator=cpu",
+                  f"--trainer.devices={devices}", *(["--trainer.strategy=ddp"] if devices == 2 else []),
+                  cwd=tmp_path, data_root=mnist_root, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        numbers.append(_test_metrics(tmp_path / f"csv{devices}"))
+    assert numbers[0].keys() == numbers[1].keys() and "test/t2i_r5" in numbers[0]
+    for key, value in numbers[0].items():
+        if key != "test/caption_loss":  # a mean over batches, reduced over processes: not the retrieval protocol
+            assert numbers[1][key] == pytest.approx(value, abs=1e-6), key
