@@ -138,9 +138,8 @@ class VSE(L.LightningModule):
 
     def caption_loss(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: predict words and ``<end>`` from ``<start>`` and the words before, given the image
-        embedding x = W_I q before it is normalised (on the unit sphere its 1024 or 256 entries are ~0.03-0.06
-        each, too faint beside the word vectors for the decoder to read the digits from: measured, 6% of MNIST
-        captions right against ...% with it unnormalised)."""
+        embedding x = W_I q before it is normalised (on the unit sphere its 256 or 1024 entries are ~0.03-0.06
+        each, faint beside word vectors of unit scale)."""
         hidden, _ = self.decoder(self.W_T(tokens[:, :-1]), x)
         return F.cross_entropy(self.out(hidden).flatten(0, 1), tokens[:, 1:].flatten(), ignore_index=0)
 

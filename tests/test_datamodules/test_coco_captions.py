@@ -104,7 +104,8 @@ def test_the_karpathy_split_takes_its_images_from_both_2014_folders(coco_root, t
     val_ids = sorted(COCO(str(root / "annotations" / "captions_val2014.json")).imgs)
     split = ["train"] * 40 + ["restval"] * 40
     images = [{"filepath": "train2014", "cocoid": i, "split": s} for i, s in zip(train_ids, split)]
-    images += [{"filepath": "val2014", "cocoid": i, "split": "val" if k < 30 else "test"} for k, i in enumerate(val_ids)]
+    images += [{"filepath": "val2014", "cocoid": i, "split": "val" if k < 30 else "test"}
+               for k, i in enumerate(val_ids)]
     (root / "dataset_coco.json").write_text(json.dumps({"images": images}))
     dm = CocoCaptionsDataModule(str(root), karpathy_split="dataset_coco.json", image_size=32, num_workers=0)
     dm.setup()

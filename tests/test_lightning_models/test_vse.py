@@ -7,7 +7,6 @@ from pathlib import Path
 
 import lightning as L
 import pytest
-import torch
 
 from conftest import CONFIGS, build_from_config, dl4
 from datamodules.mnist_captions import write_mnist_captions
@@ -26,16 +25,17 @@ def captions_root(mnist_root, tmp_path_factory):
 
 def test_vse_learns_retrieval_and_captions_on_mnist_captions(captions_root, mnist_root):
     """150 steps of the config's model (batch 64) on 1,500 training images; on 101 test images and their 505
-    captions, chance is R@5 = 5% (text -> image) and about 5% (image -> text). Measured: ..."""
+    captions, chance is R@5 = 5% (text -> image) and about 5% (image -> text). Measured (seed 0, 14 s): R@5 68.3%
+    image -> text and 79.8% text -> image, BLEU-1 70.7."""
     run = build_from_config(CONFIGS / "vse_mnist_captions.yaml", f"--data.init_args.root={captions_root}",
                             f"--data.init_args.data_dir={mnist_root}", "--data.init_args.batch_size=64", *SIZE_ARGS)
     trainer = L.Trainer(max_steps=150, limit_val_batches=0, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(run.model, run.datamodule)
     metrics = trainer.test(run.model, run.datamodule, verbose=False)[0]
-    assert metrics["test/t2i_r5"] > 30, metrics
-    assert metrics["test/i2t_r5"] > 30, metrics
-    assert metrics["test/bleu1"] > 40, metrics
+    assert metrics["test/t2i_r5"] > 40, metrics  # 8 x chance
+    assert metrics["test/i2t_r5"] > 40, metrics
+    assert metrics["test/bleu1"] > 50, metrics
 
 
 def test_the_vocabulary_is_built_from_the_data_then_kept_in_the_checkpoint(captions_root, mnist_root, tmp_path):
