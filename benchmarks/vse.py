@@ -27,7 +27,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from common import REPO, Timer, build_run, default_data_dir, write_json
+from common import COMMAND, REPO, Timer, build_run, default_data_dir, write_json
 
 QUIET = ["--trainer.logger=false", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
          "--trainer.callbacks=[]"]
@@ -108,7 +108,7 @@ def mnist(args, extra):
     run = build_run(REPO / "configs" / "vse_mnist_captions.yaml", overrides)
     run.trainer.callbacks.append(PrintValidation())
     ckpt = REPO / "runs" / f"{Path(args.out).stem}.ckpt"  # runs/ is not committed
-    result = {"command": " ".join(["python", *sys.argv]), "date": str(date.today()), "machine": machine(),
+    result = {"command": f"python {COMMAND}", "date": str(date.today()), "machine": machine(),
               "config": "configs/vse_mnist_captions.yaml", "epochs": args.epochs, "overrides": extra,
               "generate_seconds": round(gen.seconds, 1)}
     if args.ckpt:
@@ -142,7 +142,7 @@ def coco(args, extra):
         run.trainer.fit(run.model, run.datamodule)
         metrics = run.trainer.test(run.model, run.datamodule, verbose=False)[0]
     examples = run.model.caption(run.datamodule.fixed_batch(3, split="test")["images"])
-    result = {"command": " ".join(["python", *sys.argv]), "date": str(date.today()), "machine": machine(),
+    result = {"command": f"python {COMMAND}", "date": str(date.today()), "machine": machine(),
               "epochs": args.epochs, "seconds": round(t.seconds, 1), "test": metrics, "generated": examples,
               "note": "80 training and 79 test images: a check that the pipeline runs, not a result"}
     write_json(args.out, result)

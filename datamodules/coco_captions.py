@@ -29,7 +29,9 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, Dataset
+from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms import v2
 
@@ -89,23 +91,23 @@ class CaptionSplit:
         return len(self.image_ids)
 
 
-def read_coco(annotation_file: Path) -> "COCO":  # noqa: F821
+def read_coco(annotation_file: Path) -> COCO:
     """pycocotools' COCO index of a captions file, quietly; a missing or malformed file says which and why."""
-    from pycocotools.coco import COCO
-
     if not annotation_file.is_file():
         raise DatasetNotFoundError(f"COCO captions not found: {annotation_file} does not exist. Get {GET_COCO}, "
                                    f"and point the data root (DL4_DATA_DIR) or data.init_args.root at the folder")
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
             coco = COCO(str(annotation_file))
-        for ann in coco.dataset["annotations"]:
-            ann["image_id"], ann["caption"]  # noqa: B018  (a captions file must have both)
-        for img in coco.dataset["images"]:
-            img["id"], img["file_name"]  # noqa: B018
     except (ValueError, KeyError, TypeError, AssertionError) as err:
         raise CorruptDataError(f"{annotation_file} is not an MS-COCO captions file ({type(err).__name__}: {err}); "
                                f"restore it from {GET_COCO}") from None
+    for kind, keys in (("images", ("id", "file_name")), ("annotations", ("image_id", "id", "caption"))):
+        for entry in coco.dataset.get(kind) or []:
+            if not isinstance(entry, dict) or any(k not in entry for k in keys):
+                raise CorruptDataError(f"{annotation_file} is not an MS-COCO captions file: an entry of "
+                                       f"'{kind}' lacks one of {', '.join(keys)} ({str(entry)[:80]}); restore it "
+                                       f"from {GET_COCO}")
     return coco
 
 
@@ -317,8 +319,6 @@ class CocoCaptionsDataModule(L.LightningDataModule):
         dataset = self.datasets[split]
         workers = 0 if self.in_memory or self.features else self.num_workers
         sampler = CaptionShuffle([len(c) for c in dataset.split.captions]) if shuffle else None
-        from torchdata.stateful_dataloader import StatefulDataLoader
-
         return StatefulDataLoader(dataset, batch_size=self.batch_size if shuffle else self.eval_batch_size,
                                   sampler=sampler, drop_last=shuffle, num_workers=workers,
                                   collate_fn=collate_captions, persistent_workers=workers > 0,

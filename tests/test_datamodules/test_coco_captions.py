@@ -121,6 +121,10 @@ def test_missing_and_malformed_files_say_which_and_where_to_get_coco(tmp_path):
     with pytest.raises(CorruptDataError, match="captions_train2017.json is not an MS-COCO captions file"):
         CocoCaptionsDataModule(str(tmp_path)).prepare_data()
     (tmp_path / "annotations" / "captions_train2017.json").write_text(json.dumps(
+        {"images": [{"id": 1}], "annotations": []}))
+    with pytest.raises(CorruptDataError, match="an entry of 'images' lacks one of id, file_name"):
+        CocoCaptionsDataModule(str(tmp_path)).prepare_data()
+    (tmp_path / "annotations" / "captions_train2017.json").write_text(json.dumps(
         {"images": [{"id": 1, "file_name": "1.jpg"}], "annotations": [{"image_id": 1, "id": 1, "caption": "a"}]}))
     with pytest.raises(DatasetNotFoundError, match="1 of 1 images.*not in .*train2017 \\(the first: 1.jpg\\)"):
         CocoCaptionsDataModule(str(tmp_path)).prepare_data()
