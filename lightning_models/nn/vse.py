@@ -157,7 +157,10 @@ class PeepholeLSTM(nn.Module):
 
 
 class SentenceEncoder(nn.Module):
-    """v = the LSTM's hidden state at a sentence's last token, from its word vectors (B, T, input_size) and lengths.
+    """v from a sentence's word vectors (B, T, input_size) and lengths: the LSTM's hidden state at the last token,
+    or, with ``cell: linear``, a linear map of the sum of the word vectors (Kiros et al.'s linear encoder, a bag of
+    words: the one whose space shows the vector arithmetic "image of a blue car - blue + red", as their abstract
+    says; it cannot tell "a red 7 left of a blue 2" from "a blue 7 left of a red 2").
 
     ``cell: lstm`` is ``nn.LSTM`` over packed sequences (padding is never read); ``cell: peephole`` is
     ``PeepholeLSTM``, whose state at the last token is taken before any padding is read, the same guarantee.
@@ -166,13 +169,17 @@ class SentenceEncoder(nn.Module):
     def __init__(self, input_size: int = 300, hidden_size: int = 1024, cell: str = "lstm"):
         super().__init__()
         check_positive("SentenceEncoder", input_size=input_size, hidden_size=hidden_size)
-        if cell not in ("lstm", "peephole"):
-            raise ConfigError(f"SentenceEncoder cell must be lstm or peephole, got {cell!r}")
+        if cell not in ("lstm", "peephole", "linear"):
+            raise ConfigError(f"SentenceEncoder cell must be lstm, peephole or linear, got {cell!r}")
         self.input_size, self.out_features, self.cell = input_size, hidden_size, cell
-        self.rnn = nn.LSTM(input_size, hidden_size, batch_first=True) if cell == "lstm" else \
-            PeepholeLSTM(input_size, hidden_size)
+        self.rnn = {"lstm": lambda: nn.LSTM(input_size, hidden_size, batch_first=True),
+                    "peephole": lambda: PeepholeLSTM(input_size, hidden_size),
+                    "linear": lambda: nn.Linear(input_size, hidden_size)}[cell]()
 
     def forward(self, words: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if self.cell == "linear":
+            inside = torch.arange(words.shape[1], device=words.device)[None, :] < lengths[:, None]
+            return self.rnn((words * inside[..., None]).sum(1))         # v = W sum_t w_t
         if self.cell == "lstm":
             packed = pack_padded_sequence(words, lengths.cpu(), batch_first=True, enforce_sorted=False)
             _, (h, _) = self.rnn(packed)

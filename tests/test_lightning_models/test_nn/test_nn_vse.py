@@ -74,7 +74,7 @@ def test_peephole_lstm_follows_equations_1_to_5_step_by_step():
     torch.testing.assert_close(c_T, c)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "peephole"])
+@pytest.mark.parametrize("cell", ["lstm", "peephole", "linear"])
 def test_v_does_not_change_with_padding(cell):
     enc = SentenceEncoder(6, 8, cell).eval()
     words = torch.randn(3, 4, 6)
@@ -115,6 +115,14 @@ def test_beam_search_of_width_1_is_greedy_and_a_wider_beam_finds_no_worse_captio
         finished = lambda ids: 2 in ids.tolist()  # noqa: E731
         if finished(greedy[b]) and finished(beam3[b]):
             assert score(beam3[b].tolist()) >= score(greedy[b].tolist()) - 1e-5
+
+
+def test_the_linear_encoder_is_a_linear_map_of_the_summed_word_vectors():
+    enc = SentenceEncoder(3, 5, "linear")
+    words = torch.randn(2, 4, 3)
+    v = enc(words, torch.tensor([4, 2]))
+    torch.testing.assert_close(v[0], enc.rnn.weight @ words[0].sum(0) + enc.rnn.bias)
+    torch.testing.assert_close(v[1], enc.rnn.weight @ words[1, :2].sum(0) + enc.rnn.bias)
 
 
 def test_decode_stops_at_end_and_drops_start_and_padding():
