@@ -6,10 +6,11 @@ sample.
         writes MNIST captions (20,000 / 1,000 / 1,000 images from seed 0) to --root if they are not there, trains
         configs/vse_mnist_captions.yaml (or only evaluates --ckpt), saves the last checkpoint in runs/, then
         on the 1,000 test images and their 5,000 captions: retrieval both ways (R@1/5/10, median rank) with the
-        R@1 ceiling of the test set (the images whose content no other test image shares), the generated
-        captions (greedy and beam 3: BLEU-1..4, CIDEr-D and the exact accuracy of digits, colours and relation)
-        and the embedding arithmetic image(colour digit) - v(colour) + v(next colour) over every one-digit test
-        image (a hit: the nearest other test image holds the digit in the new colour).
+        R@1 ceiling of the test set (the text -> image R@1 of a perfect model that picks among images of the same
+        content at random), the generated captions (greedy and beam 3: BLEU-1..4, CIDEr-D and the exact accuracy
+        of digits, colours and relation) and the embedding arithmetic image(colour digit ...) - v(colour) +
+        v(next colour) on the first digit of every test image (a hit: the nearest other test image holds that
+        digit in the new colour).
     python benchmarks/vse.py coco --out benchmarks/results/vse_coco_sample.json [--epochs 3]
         the whole pipeline on the 159 real COCO 2017 images of the data root's coco_sample (JPEGs decoded in
         workers, train, retrieval, generated captions) through configs/vse_coco.yaml: that it runs; 79 validation
