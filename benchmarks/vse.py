@@ -67,12 +67,22 @@ def evaluate_mnist(model, dm) -> dict:
         out[f"captions_beam{beam}"] = caption_scores(texts, [references[i] for i in ids])
         out[f"captions_beam{beam}"]["accuracy"] = 100 * dm.caption_accuracy("test", ids, texts)
         out[f"captions_beam{beam}"]["examples"] = [f"{records[i]['file_name']}: {t}" for i, t in zip(ids[:5], texts)]
-    queries = dm.arithmetic_queries("test", n=len(ids))
+    # the arithmetic: every one-digit test image with every other colour; the nearest image among the other test
+    # images, and among the training and test images (the 1,000 test images hold 50 one-digit images, so the
+    # one-digit image a query asks for is mostly not among them)
+    queries = dm.arithmetic_queries("test")
     at = torch.tensor([row[q["image_id"]] for q in queries])
-    nearest = model.arithmetic(images[at], [q["minus"] for q in queries], [q["plus"] for q in queries], x, k=1,
-                               exclude=at)[:, 0]
-    hits = [dm.arithmetic_hit("test", q, ids[int(n)]) for q, n in zip(queries, nearest)]
-    out["arithmetic"] = {"queries": len(queries), "hits": sum(hits), "accuracy": 100 * sum(hits) / len(hits)}
+    train = dm.datasets["train"]
+    train_images = dm.on_after_batch_transfer({"images": train.source}, 0)["images"]
+    train_x = torch.cat([model.embed_images(chunk) for chunk in train_images.split(500)])
+    pool_split = ["test"] * len(ids) + ["train"] * len(train_x)
+    pool_ids = list(ids) + list(train.split.image_ids)
+    out["arithmetic"] = {"queries": len(queries), "one_digit_test_images": len(set(q["image_id"] for q in queries))}
+    for name, pool in (("test_pool", x), ("train_and_test_pool", torch.cat([x, train_x]))):
+        nearest = model.arithmetic(images[at], [q["minus"] for q in queries], [q["plus"] for q in queries], pool,
+                                   k=1, exclude=at)[:, 0]
+        hits = [dm.arithmetic_hit(pool_split[int(n)], q, pool_ids[int(n)]) for q, n in zip(queries, nearest)]
+        out["arithmetic"][name] = {"images": len(pool), "hits": sum(hits), "accuracy": 100 * sum(hits) / len(hits)}
     return out
 
 
@@ -91,7 +101,7 @@ class PrintValidation(L.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module):  # after the epoch's validation has logged
         m = trainer.callback_metrics
-        keys = ("val/i2t_r1", "val/t2i_r1", "val/caption_accuracy")
+        keys = ("val/i2t_r1", "val/t2i_r1", "val/caption_accuracy", "val/bleu4")
         print(f"epoch {trainer.current_epoch}: " + ", ".join(f"{k[4:]} {float(m[k]):.1f}" for k in keys if k in m),
               flush=True)
 
@@ -103,28 +113,36 @@ def mnist(args, extra):
     root = Path(args.root).resolve()
     with Timer() as gen:
         write_mnist_captions(root, data_dir, seed=0)
-    overrides = [f"--data.init_args.root={root}", f"--trainer.max_epochs={args.epochs}",
-                 f"--lr_scheduler.init_args.T_max={args.epochs}", *QUIET, "--trainer.enable_checkpointing=false",
-                 *extra]
-    run = build_run(REPO / "configs" / "vse_mnist_captions.yaml", overrides)
-    run.trainer.callbacks.append(PrintValidation())
-    ckpt = REPO / "runs" / f"{Path(args.out).stem}.ckpt"  # runs/ is not committed
+    common = [f"--data.init_args.root={root}", *QUIET, "--trainer.enable_checkpointing=false", *extra]
     result = {"command": f"python {COMMAND}", "date": str(date.today()), "machine": machine(),
-              "config": "configs/vse_mnist_captions.yaml", "epochs": args.epochs, "overrides": extra,
+              "configs": ["configs/vse_mnist_captions.yaml", "configs/vse_mnist_captions_decoder.yaml"],
+              "epochs": args.epochs, "decoder_epochs": args.decoder_epochs, "overrides": extra,
               "generate_seconds": round(gen.seconds, 1)}
+    stem = Path(args.out).stem
+    embedding, ckpt = REPO / "runs" / f"{stem}_embedding.ckpt", REPO / "runs" / f"{stem}.ckpt"  # not committed
     if args.ckpt:
         from lightning_models import VSE
 
+        run = build_run(REPO / "configs" / "vse_mnist_captions_decoder.yaml", common)
         run.model = VSE.load_from_checkpoint(args.ckpt, map_location="cpu")
         result["checkpoint"] = args.ckpt
         run.datamodule.prepare_data()
         run.datamodule.setup()
         run.datamodule.set_vocabulary(run.model.vocabulary)
     else:
-        with Timer() as t:
-            run.trainer.fit(run.model, run.datamodule)
-        result["train_seconds"] = round(t.seconds, 1)
-        run.trainer.save_checkpoint(ckpt)
+        for stage, config, epochs, out, more in (
+                ("embedding", "vse_mnist_captions.yaml", args.epochs, embedding, []),
+                ("decoder", "vse_mnist_captions_decoder.yaml", args.decoder_epochs, ckpt,
+                 [f"--model.init_args.embedding_from={embedding}"])):
+            print(f"stage {stage}: {config}, {epochs} epochs", flush=True)
+            run = build_run(REPO / "configs" / config, [*common, f"--trainer.max_epochs={epochs}",
+                                                        f"--lr_scheduler.init_args.T_max={epochs}", *more])
+            run.trainer.callbacks.append(PrintValidation())
+            with Timer() as t:
+                run.trainer.fit(run.model, run.datamodule)
+            result[f"{stage}_train_seconds"] = round(t.seconds, 1)
+            run.trainer.save_checkpoint(out)
+        result["train_seconds"] = round(result["embedding_train_seconds"] + result["decoder_train_seconds"], 1)
         result["checkpoint"] = str(ckpt)
     with Timer() as t:
         result.update(evaluate_mnist(run.model, run.datamodule))
@@ -158,11 +176,13 @@ def main():
     parser.add_argument("task", choices=["mnist", "coco"])
     parser.add_argument("--out", required=True)
     parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--decoder_epochs", type=int, default=None)
     parser.add_argument("--root", default=str(REPO / "data" / "mnist_captions"))
     parser.add_argument("--ckpt", default=None)
     args = parser.parse_args(argv)
     if args.task == "mnist":
-        args.epochs = args.epochs or 60
+        args.epochs = args.epochs or 30
+        args.decoder_epochs = args.decoder_epochs or 10
         mnist(args, extra)
     else:
         args.epochs = args.epochs or 3

@@ -207,17 +207,19 @@ class MNISTCaptionsDataModule(CocoCaptionsDataModule):
         records = self.records(split)
         return sum(parse_caption(c) == content(records[i]) for i, c in zip(image_ids, captions)) / max(len(captions), 1)
 
-    def arithmetic_queries(self, split: str, n: int = 100) -> list[dict]:
-        """Queries for image(colour digit) - v(colour) + v(other colour): the first ``n`` images of the split, the
-        colour of each one's first digit swapped for the next colour in ``COLOURS``; a hit is an image holding
-        that digit in the new colour (``arithmetic_hit``)."""
+    def arithmetic_queries(self, split: str, n: int | None = None) -> list[dict]:
+        """Queries for image(red 3) - v("red") + v(c) on the split's one-digit images, each with every other
+        colour c (the first pass gives every image the next colour in ``COLOURS``, the second the one after, ...);
+        a hit is an image holding that digit in the new colour (``arithmetic_hit``). The first ``n`` (all: None).
+        A two-digit image gives no query: which of its digits should change colour is not defined."""
         names = list(COLOURS)
+        singles = [(image_id, r["digits"][0]) for image_id, r in self.records(split).items() if len(r["digits"]) == 1]
         out = []
-        for image_id, r in list(self.records(split).items())[:n]:
-            colour, digit = r["digits"][0]["colour"], r["digits"][0]["digit"]
-            new = names[(names.index(colour) + 1) % len(names)]
-            out.append({"image_id": image_id, "minus": colour, "plus": new, "target": (new, digit)})
-        return out
+        for shift in range(1, len(names)):
+            for image_id, d in singles:
+                new = names[(names.index(d["colour"]) + shift) % len(names)]
+                out.append({"image_id": image_id, "minus": d["colour"], "plus": new, "target": (new, d["digit"])})
+        return out[:n]
 
     def arithmetic_hit(self, split: str, query: dict, image_id: int) -> bool:
         return query["target"] in {(d["colour"], d["digit"]) for d in self.records(split)[image_id]["digits"]}

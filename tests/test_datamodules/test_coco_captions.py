@@ -189,5 +189,10 @@ def test_the_mnist_captions_datamodule_reads_the_generated_files_as_coco(mnist_c
     owners = batch["image_id"][batch["owner"]].tolist()
     assert dm.caption_accuracy("val", owners, texts) == 1.0
     assert dm.caption_accuracy("val", owners[5:] + owners[:5], texts) == 0  # each caption on the next image
-    query = dm.arithmetic_queries("val", 1)[0]
-    assert query["minus"] == records[query["image_id"]]["digits"][0]["colour"] != query["plus"]
+    queries = dm.arithmetic_queries("val")  # every one-digit image, with each of the 9 other colours
+    singles = [i for i, r in records.items() if len(r["digits"]) == 1]
+    assert singles and len(queries) == 9 * len(singles) and {q["image_id"] for q in queries} == set(singles)
+    for q in queries:
+        (drawn,) = records[q["image_id"]]["digits"]
+        assert q["minus"] == drawn["colour"] != q["plus"] and q["target"] == (q["plus"], drawn["digit"])
+    assert [q["image_id"] for q in queries[:len(singles)]] == singles  # the first pass: every image once

@@ -47,11 +47,31 @@ def test_every_model_has_a_config():
 
 
 SHORT_TEST = {"vae_mnist.yaml": ["--model.init_args.iw_samples=5"]}  # only shortens the test: k = 5, not 1000
+MNIST_CAPTIONS = ["--data.init_args.train_size=300", "--data.init_args.val_size=40", "--data.init_args.test_size=40"]
+
+
+def _vse_embedding(tmp: Path) -> Path:
+    """Stage 1 of the MNIST captions configs, one step in this process: the checkpoint stage 2 starts from."""
+    import lightning as L
+
+    from conftest import build_from_config
+
+    run = build_from_config(CONFIGS / "vse_mnist_captions.yaml", f"--data.init_args.root={tmp}/mnist_captions",
+                            *MNIST_CAPTIONS)
+    trainer = L.Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp)
+    trainer.fit(run.model, run.datamodule)
+    trainer.save_checkpoint(tmp / "embedding.ckpt")
+    return tmp / "embedding.ckpt"
+
+
 # where a config's data is not in the data root as it is: MNIST captions are generated (small, into the test's
-# folder: the data root is read-only); full COCO is not here, its real 159-image sample is
-DATA = {"vse_mnist_captions.yaml": lambda tmp: [f"--data.init_args.root={tmp}/mnist_captions",
-                                               "--data.init_args.train_size=300", "--data.init_args.val_size=40",
-                                               "--data.init_args.test_size=40"],
+# folder: the data root is read-only); full COCO is not here, its real 159-image sample is; the MNIST captions
+# decoder starts from a stage-1 checkpoint
+DATA = {"vse_mnist_captions.yaml": lambda tmp: [f"--data.init_args.root={tmp}/mnist_captions", *MNIST_CAPTIONS],
+        "vse_mnist_captions_decoder.yaml": lambda tmp: [
+            f"--data.init_args.root={tmp}/mnist_captions", *MNIST_CAPTIONS,
+            f"--model.init_args.embedding_from={_vse_embedding(tmp)}"],
         "vse_coco.yaml": lambda tmp: ["--data.init_args.root=coco_sample", "--data.init_args.batch_size=8",
                                       "--data.init_args.eval_batch_size=16", "--data.init_args.image_size=64"]}
 
