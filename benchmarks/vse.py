@@ -1,16 +1,17 @@
 """The multimodal numbers in docs/results/vse.md: visual-semantic embeddings on MNIST captions and on the COCO
 sample.
 
-    python benchmarks/vse.py mnist --out benchmarks/results/vse_mnist_captions.json [--epochs 60]
-                                   [--root data/mnist_captions] [--ckpt PATH] [-- CLI arguments]
+    python benchmarks/vse.py mnist --out benchmarks/results/vse_mnist_captions.json [--epochs 30]
+                                   [--decoder_epochs 10] [--root data/mnist_captions] [--ckpt PATH] [-- CLI arguments]
         writes MNIST captions (20,000 / 1,000 / 1,000 images from seed 0) to --root if they are not there, trains
-        configs/vse_mnist_captions.yaml (or only evaluates --ckpt), saves the last checkpoint in runs/, then
+        the embedding (configs/vse_mnist_captions.yaml), then the decoder on it, frozen
+        (configs/vse_mnist_captions_decoder.yaml), or only evaluates --ckpt; saves both checkpoints in runs/; then
         on the 1,000 test images and their 5,000 captions: retrieval both ways (R@1/5/10, median rank) with the
         R@1 ceiling of the test set (the text -> image R@1 of a perfect model that picks among images of the same
         content at random), the generated captions (greedy and beam 3: BLEU-1..4, CIDEr-D and the exact accuracy
-        of digits, colours and relation) and the embedding arithmetic image(colour digit ...) - v(colour) +
-        v(next colour) on the first digit of every test image (a hit: the nearest other test image holds that
-        digit in the new colour).
+        of digits, colours and relation) and the embedding arithmetic image(red 3) - v("red") + v(c) for every
+        one-digit test image and every other colour c (a hit: the nearest other image holds that digit in colour c),
+        with the nearest image sought among the test images and among the training and test images.
     python benchmarks/vse.py coco --out benchmarks/results/vse_coco_sample.json [--epochs 3]
         the whole pipeline on the 159 real COCO 2017 images of the data root's coco_sample (JPEGs decoded in
         workers, train, retrieval, generated captions) through configs/vse_coco.yaml: that it runs; 79 validation
