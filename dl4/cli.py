@@ -12,7 +12,9 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from types import MethodType
 from typing import Literal
+from unittest import mock
 
 import torch
 import yaml
@@ -76,11 +78,36 @@ class DL4CLI(LightningCLI):
                             "matrix products use TF32 (NVIDIA) or bfloat16 (CPUs with AMX) internally")
 
     def _add_configure_optimizers_method_to_model(self, subcommand):
-        # A model's own configure_optimizers is its default for use without the CLI; the config's `optimizer:` and
-        # `lr_scheduler:` keys replace it, which is what they are for, so Lightning's warning about it is silenced.
-        with warnings.catch_warnings():
+        """The config's ``optimizer:`` and ``lr_scheduler:``, built when Lightning calls ``configure_optimizers``
+        (after the model's ``setup``), over the parameters the model has then.
+
+        LightningCLI builds them here, before ``fit`` starts, over the parameters the model has at construction: a
+        layer a model builds in ``setup`` (the VSE's vocabulary-sized word vectors W_T and decoder output layer, sized
+        by the data's vocabulary) would never be trained, silently. So the classes and init args LightningCLI
+        resolves are recorded, and the two are built again at the time Lightning asks for them. A model's own
+        configure_optimizers is its default for use without the CLI; the config's keys replace it, which is what
+        they are for, so Lightning's warning about it is silenced."""
+        import lightning.pytorch.cli as lightning_cli
+
+        build, inits = lightning_cli.instantiate_class, []
+
+        def record(args, init):
+            inits.append(init)
+            return build(args, init)
+
+        with warnings.catch_warnings(), mock.patch.object(lightning_cli, "instantiate_class", record):
             warnings.filterwarnings("ignore", message=".*configure_optimizers` will be overridden")
             super()._add_configure_optimizers_method_to_model(subcommand)
+        if not inits:
+            return  # no optimizer: in the config: the model's own configure_optimizers
+        optimizer_init, scheduler_init = inits[0], (inits[1] if len(inits) > 1 else None)
+
+        def configure_optimizers(model):
+            optimizer = build(model.parameters(), optimizer_init)
+            scheduler = build(optimizer, scheduler_init) if scheduler_init else None
+            return self.configure_optimizers(model, optimizer, scheduler)
+
+        self.model.configure_optimizers = MethodType(configure_optimizers, self.model)
 
     def _parse_ckpt_path(self):
         """Checks ``--ckpt_path`` before anything is built (see ``dl4/checkpoints.py``): the file is a Lightning
