@@ -45,9 +45,9 @@ class VSE(L.LightningModule):
             model takes when training starts; the networks in the config must be the checkpoint's. Saved
             checkpoints record none: the weights are in their state.
         freeze_embedding: keep the embedding as it is (in eval mode), so that the decoder learns on its own on a
-            finished joint space (with ``ranking_weight: 0``). Trained next to the ranking loss from a random start, the decoder lags behind the moving
-            embedding: on MNIST captions it names everything right for 59% of the images after 60 joint epochs,
-            where a fresh decoder on the finished (frozen) embedding reaches 88% in 1,000 steps.
+            finished joint space (with ``ranking_weight: 0``). On MNIST captions, a fresh decoder trained so for 10
+            epochs names everything right for 87.9% of the validation images (beam 3), the decoder trained for 40
+            epochs next to the ranking loss for 86.3% (greedy).
     """
 
     def __init__(self, image_encoder: nn.Module, sentence_encoder: nn.Module, decoder: nn.Module | None = None,
@@ -152,10 +152,11 @@ class VSE(L.LightningModule):
             raise ConfigError(f"model.embedding_from: {path} holds other networks than the config's "
                               f"({str(err).splitlines()[1].strip()}): give the image_encoder and sentence_encoder "
                               f"it was trained with") from None
-        if [k for k in missing if k.startswith(self.EMBEDDING)]:
-            raise ConfigError(f"model.embedding_from: {path} lacks {missing[0]}: give the networks it was trained "
+        lacking = [k for k in missing if k.startswith(self.EMBEDDING)]
+        if lacking:
+            raise ConfigError(f"model.embedding_from: {path} lacks {lacking[0]}: give the networks it was trained "
                               f"with")
-        print(f"embedding (frozen) from {path}", flush=True)
+        print(f"embedding from {path}{' (frozen)' if self.frozen else ''}", flush=True)
 
     def on_train_epoch_start(self):
         if self.frozen:  # a frozen embedding keeps its batch norm statistics and gives the codes evaluation gives

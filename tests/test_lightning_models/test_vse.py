@@ -24,7 +24,7 @@ def captions_root(mnist_root, tmp_path_factory):
     return write_mnist_captions(tmp_path_factory.mktemp("vse") / "mnist_captions", str(mnist_root), 0, SIZES)
 
 
-def _fit(config: str, root, mnist_root, steps: int, *overrides: str) -> "L.Trainer":
+def _fit(config: str, root, mnist_root, steps: int, *overrides: str):
     run = build_from_config(CONFIGS / config, f"--data.init_args.root={root}", f"--data.init_args.data_dir={mnist_root}",
                             "--data.init_args.batch_size=64", *SIZE_ARGS, *overrides)
     trainer = L.Trainer(max_steps=steps, limit_val_batches=0, logger=False, enable_checkpointing=False,
