@@ -71,7 +71,7 @@ def evaluate_mnist(model, dm) -> dict:
         out[f"captions_beam{beam}"]["accuracy"] = 100 * dm.caption_accuracy("test", ids, texts)
         out[f"captions_beam{beam}"]["examples"] = [f"{records[i]['file_name']}: {t}" for i, t in zip(ids[:5], texts)]
     # the arithmetic: every one-digit test image with every other colour; the nearest image among the other test
-    # images, and among the training and test images (the 1,000 test images hold 50 one-digit images, so the
+    # images, and among the training and test images (the 1,000 test images hold 56 one-digit images, so the
     # one-digit image a query asks for is mostly not among them)
     queries = dm.arithmetic_queries("test")
     at = torch.tensor([row[q["image_id"]] for q in queries])
@@ -133,12 +133,12 @@ def mnist(args, extra):
         run.datamodule.setup()
         run.datamodule.set_vocabulary(run.model.vocabulary)
     else:
-        stages = [("embedding", "vse_mnist_captions.yaml", args.epochs, embedding, []),
-                  ("decoder", "vse_mnist_captions_decoder.yaml", args.decoder_epochs, ckpt, [])]
         if args.embedding:  # stage 1 done already: its checkpoint
             embedding = Path(args.embedding).resolve()
-            result["embedding_checkpoint"], stages = str(embedding), stages[1:]
-        stages[-1][-1].append(f"--model.init_args.embedding_from={embedding}")
+            result["embedding_checkpoint"] = str(embedding)
+        stages = [("embedding", "vse_mnist_captions.yaml", args.epochs, embedding, []),
+                  ("decoder", "vse_mnist_captions_decoder.yaml", args.decoder_epochs, ckpt,
+                   [f"--model.init_args.embedding_from={embedding}"])][1 if args.embedding else 0:]
         for stage, config, epochs, out, more in stages:
             print(f"stage {stage}: {config}, {epochs} epochs", flush=True)
             run = build_run(REPO / "configs" / config, [*common, f"--trainer.max_epochs={epochs}",
