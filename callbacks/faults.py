@@ -19,6 +19,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -132,6 +133,10 @@ class PreemptionCheckpoint(L.Callback):
     status 0 and no checkpoint; a cluster's grace period is seconds. So the run stops after the current step. Under
     DDP Lightning's own check at the next step's start stops every rank together (a rank stopping alone would
     leave the others in a collective); either way the checkpoint is written from ``on_exception``, on all ranks.
+
+    In a SLURM job (Lightning's ``SLURMEnvironment``) the checkpoint is Lightning's next ``hpc_ckpt_N.ckpt`` in the
+    trainer's ``default_root_dir`` instead: the requeued job (``#SBATCH --requeue``, pre-emption) resumes from the
+    newest of them by itself, as it does after Lightning's own requeue signal (``--signal=SIGUSR1@120``).
     """
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -141,17 +146,23 @@ class PreemptionCheckpoint(L.Callback):
     def on_exception(self, trainer, pl_module, exception):
         if not isinstance(exception, SIGTERMException) or not trainer.training:
             return
-        path = checkpoint_dir(trainer) / "last.ckpt"
-        for cb in trainer.checkpoint_callbacks:  # the file is theirs: a resumed run overwrites it, not last-v1.ckpt
-            if isinstance(cb, ModelCheckpoint) and cb.save_last and Path(cb.dirpath) == path.parent:
-                cb.last_model_path = str(path)
+        slurm = isinstance(trainer._accelerator_connector.cluster_environment, SLURMEnvironment)
+        if slurm:  # what the requeued job resumes from by itself, as after Lightning's own requeue signal
+            path = Path(trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir))
+        else:
+            path = checkpoint_dir(trainer) / "last.ckpt"
+            for cb in trainer.checkpoint_callbacks:  # the file is theirs: a resumed run overwrites it, not last-v1
+                if isinstance(cb, ModelCheckpoint) and cb.save_last and Path(cb.dirpath) == path.parent:
+                    cb.last_model_path = str(path)
         trainer.save_checkpoint(path)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger) and logger._experiment is not None and trainer.is_global_zero:
                 logger.experiment.mark_preempting()
         # Lightning re-raises this SystemExit after the other hooks and the loggers' finalize; dl4 prints its code
+        resume = ("the requeued SLURM job resumes from it" if slurm else
+                  f"Resume with the same command and --ckpt_path last (or --ckpt_path {path})")
         exception.code = (f"stopped by SIGTERM at step {trainer.global_step}, epoch {trainer.current_epoch}; saved "
-                          f"{path}. Resume with the same command and --ckpt_path last (or --ckpt_path {path})")
+                          f"{path}. {resume}")
 
 
 def collect_rng_states() -> dict:

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from datamodules.tensors import EpochOrder
+from datamodules.tensors import EpochOrder, eval_sampler
 from lightning_models.errors import ConfigError, check_positive
 
 Task = Literal["copy", "repeat_copy", "associative_recall"]
@@ -203,8 +203,8 @@ class AlgorithmicTasksDataModule(L.LightningDataModule):
         return StatefulDataLoader(self.train_set, batch_size=None, sampler=EpochRange(self.hparams.batches_per_epoch),
                                   generator=torch.Generator())
 
-    def val_dataloader(self):
-        return DataLoader(self.val_batches, batch_size=None)
+    def val_dataloader(self):  # one batch per length, each on one process (eval_sampler)
+        return DataLoader(self.val_batches, batch_size=None, sampler=eval_sampler(self.val_batches))
 
     def test_dataloader(self):
-        return DataLoader(self.test_batches, batch_size=None)
+        return DataLoader(self.test_batches, batch_size=None, sampler=eval_sampler(self.test_batches))

@@ -15,6 +15,7 @@ resumption.)
 import warnings
 
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import Dataset, Sampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
@@ -92,12 +93,23 @@ def _already_batched(batch):
     return list(batch)
 
 
+def eval_sampler(dataset) -> Sampler | None:
+    """The order an evaluation sees ``dataset`` in: as it is on one process; under DDP, Lightning's
+    ``UnrepeatedDistributedSampler``, which deals the examples out (rank r gets r, r + N, ...) without padding the
+    shards to one length. Lightning's default for validation and test, a ``DistributedSampler``, repeats up to N - 1
+    examples to even the shards out, and a metric over the whole set would count those twice."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return UnrepeatedDistributedSampler(dataset, shuffle=False)
+    return None
+
+
 def tensor_loader(dataset: TensorBatchDataset, batch_size: int, shuffle: bool,
                   drop_last: bool = False) -> StatefulDataLoader:
     # generator: each new iterator draws a worker base seed from it, which would otherwise be a draw from the
     # global generator at a point that differs between a run and its resumption
     return StatefulDataLoader(dataset, batch_size=batch_size, drop_last=drop_last, collate_fn=_already_batched,
-                              sampler=EpochShuffle(len(dataset)) if shuffle else None, generator=torch.Generator())
+                              sampler=EpochShuffle(len(dataset)) if shuffle else eval_sampler(dataset),
+                              generator=torch.Generator())
 
 
 def first_examples(datamodule, dataset: TensorBatchDataset, n: int, device=None):

@@ -3,6 +3,7 @@
     dl4 fit --config configs/vae_mnist.yaml
     dl4 test --config configs/vae_mnist.yaml --ckpt_path runs/dl4/<run>/checkpoints/last.ckpt
     dl4 fit --config configs/vae_mnist.yaml --print_config
+    dl4 sweep sweeps/vae_mnist.yaml --count 20      (a W&B sweep without W&B's server: dl4/sweep.py)
 
 Runs log to Weights & Biases, offline unless the user is logged in (WANDB_API_KEY or ~/.netrc) or sets
 WANDB_MODE; an offline run never touches the network and can be uploaded later with ``wandb sync``.
@@ -26,6 +27,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 import callbacks  # noqa: F401  (makes the callbacks' short names known to the parser)
 import datamodules  # noqa: F401
 import lightning_models  # noqa: F401
+from callbacks.distributed import BroadcastBuffers
 from callbacks.faults import DivergedError, DivergenceGuard, PreemptionCheckpoint, RunState, SafeCheckpointIO
 from datamodules import DatasetNotFoundError
 from datamodules.integrity import CorruptDataError
@@ -143,9 +145,10 @@ class DL4CLI(LightningCLI):
                        ckpt.get("global_step"))
 
     def _instantiate_trainer(self, config, extra_callbacks):
-        """Every run gets the fault callbacks (``callbacks/faults.py``) and ``SafeCheckpointIO``; CSV and
+        """Every run gets the fault callbacks (``callbacks/faults.py``), ``BroadcastBuffers`` (under DDP every process
+        validates rank zero's model, ``callbacks/distributed.py``) and ``SafeCheckpointIO``; CSV and
         TensorBoard runs get a version folder of their own even when several start at once."""
-        extra_callbacks = [*extra_callbacks, DivergenceGuard(), PreemptionCheckpoint(), RunState()]
+        extra_callbacks = [*extra_callbacks, DivergenceGuard(), PreemptionCheckpoint(), RunState(), BroadcastBuffers()]
         plugins = config.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
@@ -293,8 +296,14 @@ EXIT_STATUS = {DatasetNotFoundError: 1, CorruptDataError: 1, ConfigError: 2, Div
 
 
 def main(args=None) -> None:
+    """``dl4 fit|validate|test|predict`` (LightningCLI) and ``dl4 sweep`` (``dl4/sweep.py``)."""
     configure_runtime()
+    argv = list(sys.argv[1:] if args is None else args)
     try:
+        if argv[:1] == ["sweep"]:
+            from dl4 import sweep
+
+            sys.exit(sweep.main(argv[1:]))
         DL4CLI(args=args)
     except SIGTERMException as err:  # Lightning's (a SystemExit); PreemptionCheckpoint says what was saved
         print(f"dl4: {err.code or 'stopped by SIGTERM outside a training step; no checkpoint was written for it'}",

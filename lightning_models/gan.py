@@ -96,7 +96,6 @@ class GAN(L.LightningModule):
         self.val_d_real, self.val_d_fake, self.val_d_acc = MeanMetric(), MeanMetric(), MeanMetric()
         self.train_d_acc = MeanMetric()
         self.test_parzen = MeanStdErr()
-        self._val_images: list[torch.Tensor] = []
         self._g_loss: torch.Tensor | None = None
 
     def on_load_checkpoint(self, checkpoint):
@@ -194,20 +193,20 @@ class GAN(L.LightningModule):
         self.val_d_real.update(torch.sigmoid(real_logits))
         self.val_d_fake.update(torch.sigmoid(fake_logits))
         self.val_d_acc.update(torch.cat([(real_logits > 0).float(), (fake_logits < 0).float()]))
-        if sum(map(len, self._val_images)) < self.hparams.parzen_valid + self.hparams.parzen_eval:
-            self._val_images.append(x)
         self.log_dict({"val/d_real": self.val_d_real, "val/d_fake": self.val_d_fake, "val/d_acc": self.val_d_acc})
 
     def on_validation_epoch_end(self):
-        images = torch.cat(self._val_images) if self._val_images else None
-        self._val_images = []
-        if images is None or len(images) < 2:
+        # the first parzen_valid + parzen_eval validation images, the same on every process (not the shard this
+        # process validated on), so that under DDP every rank computes the one-process number
+        images = self.trainer.datamodule.fixed_batch(self.hparams.parzen_valid + self.hparams.parzen_eval,
+                                                     device=self.device)[0]
+        if len(images) < 2:
             return
         n_valid = min(self.hparams.parzen_valid, len(images) // 2)
         samples = self.generator(self.fixed_z)
         sigma, _ = select_sigma(samples, images[:n_valid], self.hparams.parzen_sigmas)
         ll = parzen_log_likelihood(images[n_valid:n_valid + self.hparams.parzen_eval], samples, sigma)
-        self.log_dict({"val/parzen_ll": ll.mean(), "val/parzen_sigma": sigma}, sync_dist=True)
+        self.log_dict({"val/parzen_ll": ll.mean(), "val/parzen_sigma": sigma}, sync_dist=True)  # equal everywhere
 
     # --- test: the paper's full Parzen protocol ---
 

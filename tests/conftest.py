@@ -48,9 +48,27 @@ def babi_root() -> Path:
     return require_dataset("babi/tasks_1-20_v1-2/en/qa1_single-supporting-fact_train.txt")
 
 
+# MNIST captions for the tests: 101 evaluation images, so that two processes get 51 each and one is counted twice
+CAPTION_SIZES = {"train": 1500, "val": 101, "test": 101}
+CAPTION_SIZE_ARGS = [f"--data.init_args.{k}_size={v}" for k, v in CAPTION_SIZES.items()]
+
+
+@pytest.fixture(scope="session")
+def captions_root(mnist_root, tmp_path_factory) -> Path:
+    """MNIST captions (datamodules/mnist_captions.py) generated once from the real MNIST, seed 0."""
+    from datamodules.mnist_captions import write_mnist_captions
+
+    return write_mnist_captions(tmp_path_factory.mktemp("vse") / "mnist_captions", str(mnist_root), 0, CAPTION_SIZES)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
+    """Every test starts from seed 0, and leaves the matmul precision as it found it (a config run in this process
+    sets its own)."""
     torch.manual_seed(0)
+    precision = torch.get_float32_matmul_precision()
+    yield
+    torch.set_float32_matmul_precision(precision)
 
 
 def build_from_config(config: str | Path, *overrides: str, logger: bool = False):
@@ -74,6 +92,28 @@ def dl4(*args, cwd, data_root=None, timeout=300) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
+def dl4_here(*args, cwd, monkeypatch, capture, data_root=None) -> subprocess.CompletedProcess:
+    """`dl4` run by its entry point (``dl4.cli.main``) in this process: the same exit status and output as the
+    console script (``capture`` is pytest's ``capfd``, which sees Lightning's log lines too, or ``capsys``), without
+    a new interpreter's 8 s of imports. For runs that need no process of their own (no signals, no DDP, no W&B)."""
+    from dl4.cli import main
+
+    monkeypatch.chdir(cwd)
+    if data_root:
+        monkeypatch.setenv("DL4_DATA_DIR", str(data_root))
+    for key in [k for k in os.environ if k.startswith("WANDB_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setattr(sys, "argv", ["dl4"])
+    capture.readouterr()
+    try:
+        main([str(a) for a in args])
+        status = 0
+    except SystemExit as stop:
+        status = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    out = capture.readouterr()
+    return subprocess.CompletedProcess(args, status, out.out, out.err)
+
+
 def ddp_fit(config, tmp_path, data_root) -> Path:
     """`dl4 fit` of a config on 2 CPU processes (DDP, gloo), 2 short epochs, CSV logs; returns the run folder."""
     out = dl4("fit", "--config", config, "--trainer.accelerator=cpu", "--trainer.devices=2",
@@ -83,3 +123,25 @@ def ddp_fit(config, tmp_path, data_root) -> Path:
     assert out.returncode == 0, out.stderr[-3000:]
     (run,) = (tmp_path / "runs").glob("*/version_*")
     return run
+
+
+def assert_ddp_validation_is_one_process(run: Path, config, *overrides: str, skip=(), data_root=None) -> dict:
+    """The validation numbers a `ddp_fit` run logged at its end (2 processes, 2 batches each) are those of one process
+    validating the same weights (its last checkpoint) on the same examples (4 batches): the metrics are reduced
+    across processes, and each example is seen once (``datamodules.tensors.eval_sampler``). Sums in another order
+    differ in the last bits, hence the relative tolerance of 1e-5. ``skip``: keys drawn from fresh noise. Returns the
+    numbers compared."""
+    import csv
+
+    rows = [r for r in csv.DictReader(open(run / "metrics.csv")) if any(k.startswith("val/") and v for k, v in r.items())]
+    ddp = {k: float(v) for k, v in rows[-1].items() if k.startswith("val/") and v and k not in skip}
+    checkpoints = sorted((run / "checkpoints").glob("*.ckpt"), key=lambda p: (p.name != "last.ckpt", -p.stat().st_mtime))
+    with mock.patch.dict(os.environ, {"DL4_DATA_DIR": str(data_root)} if data_root else {}):
+        cli = build_from_config(config, "--trainer.limit_val_batches=4", "--trainer.enable_progress_bar=false",
+                                "--trainer.callbacks=[]", *overrides)
+        (one,) = cli.trainer.validate(cli.model, cli.datamodule, ckpt_path=str(checkpoints[0]), verbose=False)
+    compared = {k: v for k, v in ddp.items() if k in one}  # not those only fit logs (the NTM's val/sequences)
+    assert compared, (sorted(ddp), sorted(one))
+    for key, value in compared.items():
+        assert one[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    return compared

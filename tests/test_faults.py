@@ -5,15 +5,14 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import CONFIGS, dl4
-from wandb_records import history, records
+from conftest import CONFIGS, dl4, dl4_here
+from dl4.wandb_records import history, records
 
 FAST = ["--trainer.enable_progress_bar=false", "--trainer.limit_val_batches=2"]
 
@@ -343,20 +342,6 @@ BAD_SETTINGS = [  # one per family through dl4; the other constructors' checks b
 ]  # the STN's keys: tests/test_lightning_models/test_stn.py
 
 
-def _dl4_here(*args, cwd, data_root, monkeypatch, capsys) -> subprocess.CompletedProcess:
-    """`dl4` run by its entry point (``dl4.cli.main``) in this process, for what fails before a run starts: the same
-    exit status and stderr as the console script, without a new interpreter's 8 s of imports."""
-    from dl4.cli import main
-
-    monkeypatch.chdir(cwd)
-    monkeypatch.setenv("DL4_DATA_DIR", str(data_root))
-    monkeypatch.setattr(sys, "argv", ["dl4"])
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as stop:
-        main([str(a) for a in args])
-    return subprocess.CompletedProcess(args, stop.value.code, "", capsys.readouterr().err)
-
-
 @pytest.mark.parametrize("config, flag, message", BAD_SETTINGS, ids=[f"{c}:{f.split('=')[0]}" for c, f, _ in BAD_SETTINGS])
 def test_an_impossible_setting_fails_naming_the_key_before_any_run(config, flag, message, tmp_path, mnist_root,
                                                                    monkeypatch, capsys):
@@ -366,7 +351,7 @@ def test_an_impossible_setting_fails_naming_the_key_before_any_run(config, flag,
     if config == BAD_SETTINGS[0][0]:
         out = dl4(*args, cwd=tmp_path, data_root=mnist_root)
     else:
-        out = _dl4_here(*args, cwd=tmp_path, data_root=mnist_root, monkeypatch=monkeypatch, capsys=capsys)
+        out = dl4_here(*args, cwd=tmp_path, data_root=mnist_root, monkeypatch=monkeypatch, capture=capsys)
     _one_line_error(out, 2, message)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 

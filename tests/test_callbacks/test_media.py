@@ -5,7 +5,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from PIL import Image
 
 from callbacks import DecoderFilters, LatentInterpolation, PriorSamples, ReconstructionGrid
-from conftest import CONFIGS, ddp_fit
+from conftest import CONFIGS, assert_ddp_validation_is_one_process, ddp_fit
 from lightning_models import VAE, DenoisingAutoencoder, SparseAutoencoder
 
 
@@ -51,6 +51,7 @@ def test_images_reach_tensorboard(mnist, tmp_path):
 
 def test_ddp_on_two_processes_logs_each_picture_once(tmp_path, mnist_root):
     run = ddp_fit(CONFIGS / "dae_mnist.yaml", tmp_path, mnist_root)
+    assert_ddp_validation_is_one_process(run, CONFIGS / "dae_mnist.yaml", data_root=mnist_root)
     assert len(list((run / "media" / "media_reconstructions").glob("*.png"))) == 2  # 2 epochs, rank zero only
     metrics = (run / "metrics.csv").read_text()
     assert "val/recon" in metrics

@@ -4,9 +4,9 @@ import torch
 from PIL import Image
 
 from callbacks.stn import grid_outline, region_pictures, to_pixels
-from conftest import CONFIGS, ddp_fit, dl4
+from conftest import CONFIGS, assert_ddp_validation_is_one_process, ddp_fit, dl4
 from lightning_models.nn.stn import affine_grid, target_grid
-from wandb_records import history
+from dl4.wandb_records import history
 
 
 def test_the_identity_grids_outline_runs_through_the_border_pixels():
@@ -47,6 +47,7 @@ def test_fit_logs_the_regions_and_theta_to_offline_wandb(tmp_path, mnist_root):
 
 def test_ddp_on_two_processes_draws_the_regions_once(tmp_path, mnist_root):
     run = ddp_fit(CONFIGS / "st_cnn_rts_mnist.yaml", tmp_path, mnist_root)
+    assert "val/error" in assert_ddp_validation_is_one_process(run, CONFIGS / "st_cnn_rts_mnist.yaml", data_root=mnist_root)
     assert len(list((run / "media" / "media_st_regions").glob("*.png"))) == 1  # epochs 0 and 1, every 2: once
     assert len(list((run / "media" / "media_st_theta").glob("*.png"))) == 1
     assert "val/error" in (run / "metrics.csv").read_text()

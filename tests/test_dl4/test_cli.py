@@ -9,9 +9,9 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import CONFIGS, dl4
-from wandb_records import config as run_config
-from wandb_records import history
+from conftest import CONFIGS, dl4, dl4_here
+from dl4.wandb_records import config as run_config
+from dl4.wandb_records import history
 
 ALL_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.yaml"))
 
@@ -63,22 +63,24 @@ ELSEWHERE = {"vse_mnist_captions_decoder.yaml": "stage 2 needs stage 1's checkpo
 
 
 @pytest.mark.parametrize("config", [c for c in ALL_CONFIGS if c not in ELSEWHERE])
-def test_config_trains_then_tests_from_its_checkpoint(config, tmp_path, mnist_root):
-    """Every config as it is, through the real console script: `dl4 fit` (one epoch of 2 batches, 2 validation
-    batches, every picture callback drawing) writes a checkpoint (last.ckpt where the config keeps one); `dl4 test
-    --ckpt_path` runs on it (once per model and datamodule class, ``TESTED``); and ``Model.load_from_checkpoint``
-    rebuilds the model, its networks from their class_path, with the same weights."""
+def test_config_trains_then_tests_from_its_checkpoint(config, tmp_path, mnist_root, monkeypatch, capfd):
+    """Every config as it is, through dl4's entry point (``dl4.cli.main``, in this process: the console script
+    itself is run by the tests of the families, of faults and of DDP): `dl4 fit` (one epoch of 2 batches, 2
+    validation batches, every picture callback drawing) writes a checkpoint (last.ckpt where the config keeps one);
+    `dl4 test --ckpt_path` runs on it (once per model and datamodule class, ``TESTED``); and
+    ``Model.load_from_checkpoint`` rebuilds the model, its networks from their class_path, with the same weights."""
     common = ["--config", CONFIGS / config, "--trainer.logger=false", "--trainer.enable_progress_bar=false",
               f"--trainer.default_root_dir={tmp_path}", *DATA.get(config, lambda tmp: [])(tmp_path)]
-    out = dl4("fit", *common, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
-              "--trainer.limit_val_batches=2", cwd=tmp_path, data_root=mnist_root)
+    here = dict(cwd=tmp_path, data_root=mnist_root, monkeypatch=monkeypatch, capture=capfd)
+    out = dl4_here("fit", *common, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+                   "--trainer.limit_val_batches=2", **here)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "`Trainer.fit` stopped" in out.stdout + out.stderr
     written = sorted((tmp_path / "checkpoints").glob("*.ckpt"))  # last.ckpt, or Lightning's default checkpoint
     ckpt = tmp_path / "checkpoints" / "last.ckpt" if (tmp_path / "checkpoints" / "last.ckpt").is_file() else written[0]
     if config in TESTED:
-        out = dl4("test", *common, "--ckpt_path", ckpt, "--trainer.limit_test_batches=2",
-                  *SHORT_TEST.get(config, []), cwd=tmp_path, data_root=mnist_root)
+        out = dl4_here("test", *common, "--ckpt_path", ckpt, "--trainer.limit_test_batches=2",
+                       *SHORT_TEST.get(config, []), **here)
         assert out.returncode == 0, out.stderr[-3000:]
         assert "test/" in out.stdout
 

@@ -11,7 +11,7 @@ from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
 
 from callbacks import GANSamples, GANTrainingFigure, MomentumRamp, NoiseInterpolation
-from conftest import CONFIGS, build_from_config, ddp_fit, dl4
+from conftest import CONFIGS, assert_ddp_validation_is_one_process, build_from_config, ddp_fit, dl4
 from datamodules import MNISTDataModule, Toy1DDataModule
 from datamodules.mnist import load_mnist
 from lightning_models import GAN
@@ -123,6 +123,10 @@ def test_ddp_on_two_processes_trains_both_players_and_draws_once(tmp_path, mnist
     """Each player's step leaves the other's parameters without gradients: the GAN must still run under plain
     `strategy=ddp` (it asks DDP to look for unused parameters), and its pictures come from rank zero only."""
     run = ddp_fit(CONFIGS / "dcgan_mnist.yaml", tmp_path, mnist_root)
+    # D on G's samples draws fresh noise each step: only D on the real images and the Parzen estimate compare
+    logged = assert_ddp_validation_is_one_process(run, CONFIGS / "dcgan_mnist.yaml", data_root=mnist_root,
+                                                  skip=("val/d_fake", "val/d_acc"))
+    assert {"val/parzen_ll", "val/d_real"} <= logged.keys()
     assert len(list((run / "media" / "media_gan_samples").glob("*.png"))) == 2  # 2 epochs, rank zero only
     assert "val/parzen_ll" in (run / "metrics.csv").read_text()
 

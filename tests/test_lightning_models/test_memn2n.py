@@ -5,12 +5,12 @@ import pytest
 import torch
 import yaml
 
-from conftest import CONFIGS, ddp_fit, dl4
+from conftest import CONFIGS, assert_ddp_validation_is_one_process, ddp_fit, dl4
 from datamodules import BabiDataModule
 from lightning_models import MemN2N
 from lightning_models.memn2n import PerTaskError
 from lightning_models.nn.memn2n import EndToEndMemoryNetwork, position_encoding, random_time_gaps
-from wandb_records import history
+from dl4.wandb_records import history
 
 
 def test_position_encoding_is_the_papers_formula():
@@ -177,6 +177,7 @@ def test_ddp_logs_attention_from_rank_zero_only(tmp_path, babi_root):  # noqa: F
     config["trainer"]["callbacks"] = [{"class_path": "MemN2NAttention", "init_args": {"every_n_epochs": 1}}]
     (tmp_path / "memn2n.yaml").write_text(yaml.safe_dump(config))
     run = ddp_fit(tmp_path / "memn2n.yaml", tmp_path, babi_root)
+    assert "val/error" in assert_ddp_validation_is_one_process(run, tmp_path / "memn2n.yaml", data_root=babi_root)
     assert len(list((run / "media" / "media_memn2n_attention_image").glob("*.png"))) == 2  # 2 epochs, rank 0
     assert len(list((run / "media").glob("media_memn2n_attention_step*.csv"))) == 2
     metrics = (run / "metrics.csv").read_text()

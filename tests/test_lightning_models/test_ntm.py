@@ -9,7 +9,7 @@ import yaml
 from lightning.pytorch.loggers import CSVLogger
 
 from callbacks import CopyGeneralisation, NTMMemoryTrace
-from conftest import CONFIGS, build_from_config, ddp_fit, dl4
+from conftest import CONFIGS, assert_ddp_validation_is_one_process, build_from_config, ddp_fit, dl4
 from datamodules import AlgorithmicTasksDataModule
 from lightning_models import NTM, LSTMBaseline
 from lightning_models.ntm import LN2, PerLengthCost, sequence_cost
@@ -160,6 +160,8 @@ def test_ddp_logs_pictures_from_rank_zero_only(tmp_path):
     config["model"]["init_args"].update(controller_size=16, memory_rows=16)
     (tmp_path / "ntm.yaml").write_text(yaml.safe_dump(config))
     run = ddp_fit(tmp_path / "ntm.yaml", tmp_path, None)
+    logged = assert_ddp_validation_is_one_process(run, tmp_path / "ntm.yaml", "--model.init_args.compile=false")
+    assert {"val/bits_per_seq", "val/bits_per_seq_len1"} <= logged.keys()  # the per-length costs too
     assert len(list((run / "media" / "media_ntm_trace").glob("*.png"))) == 4  # steps 1, 3, 5, 7 of 8, rank 0
     metrics = (run / "metrics.csv").read_text()
     assert "val/bits_per_seq" in metrics and "val/sequences" in metrics

@@ -9,19 +9,11 @@ import lightning as L
 import pytest
 import torch
 
+from conftest import CAPTION_SIZE_ARGS as SIZE_ARGS
 from conftest import CONFIGS, build_from_config, dl4
-from datamodules.mnist_captions import write_mnist_captions
 from lightning_models import VSE
 from lightning_models.nn.vse import CaptionDecoder, SentenceEncoder, SmallCNN
-from wandb_records import artifacts, history
-
-SIZES = {"train": 1500, "val": 101, "test": 101}  # 101: two processes get 51 each, one image counted twice
-SIZE_ARGS = ["--data.init_args.train_size=1500", "--data.init_args.val_size=101", "--data.init_args.test_size=101"]
-
-
-@pytest.fixture(scope="module")
-def captions_root(mnist_root, tmp_path_factory):
-    return write_mnist_captions(tmp_path_factory.mktemp("vse") / "mnist_captions", str(mnist_root), 0, SIZES)
+from dl4.wandb_records import artifacts, history
 
 
 def _fit(config: str, root, mnist_root, steps: int, *overrides: str):

@@ -1,5 +1,8 @@
 """Read back what an offline W&B run logged, from its ``run-<id>.wandb`` transaction log.
 
+Written here because wandb 0.31 has no Python reader of its own any more (its ``wandb sync`` reads the log in its
+Go core); ``dl4 sweep`` reads its trials' metrics this way, and the tests what a run logged.
+
 The file is W&B's LevelDB-style log: a 7-byte header (":W&B", magic, version), then 32 KiB blocks of chunks, each
 with a 7-byte header (crc32c, length, type: full/first/middle/last) around a serialised protobuf ``Record``.
 """
@@ -43,6 +46,18 @@ def history(run_dir: Path) -> list[dict]:
             rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
                          for item in record.history.item})
     return rows
+
+
+def summary(run_dir: Path) -> dict:
+    """The run's summary, merged over all its summary updates: by default each key's last logged value, which is
+    what a W&B sweep reads as a run's metric."""
+    (path,) = Path(run_dir).glob("run-*.wandb")
+    merged = {}
+    for record in records(path):
+        if record.WhichOneof("record_type") == "summary":
+            for item in record.summary.update:
+                merged[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+    return merged
 
 
 def config(run_dir: Path) -> dict:
