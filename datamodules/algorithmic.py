@@ -95,7 +95,9 @@ class AlgorithmicTasks(Dataset):
         self.make_batch, self.min_length, self.max_length, self.seed = make_batch, min_length, max_length, seed
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        generator = torch.Generator().manual_seed(self.seed * 2**40 + i)
+        # torch's CPU generator keeps only the low 32 bits of its seed, so (seed, i) is folded into 32 bits with
+        # Knuth's multiplicative hash (seed 0 gives seed i, as before); seed * 2**40 + i lost the seed entirely
+        generator = torch.Generator().manual_seed((self.seed * 2654435761 + i) % 2**32)
         length = int(torch.randint(self.min_length, self.max_length + 1, (), generator=generator))
         return self.make_batch(length, generator)
 

@@ -109,7 +109,7 @@ def load_sweep(path: str | Path) -> dict:
     return spec
 
 
-def agent_command(spec: dict, params: dict, run_id: str) -> list[str]:
+def agent_command(spec: dict, params: dict) -> list[str]:
     """The command line W&B's agent starts for a run with these parameters: ``wandb/wandb_agent.py``,
     ``Agent._command_run``, with ``wandb/sdk/launch/sweeps/utils.py``'s ``create_sweep_command_args`` building
     ``${args}`` (``--key=value``, the value written by Python's ``str``: True, [16, 32], 'mask')."""
@@ -209,7 +209,7 @@ def run_trial(spec: dict, engine: Engine, group: str, logs: Path) -> dict:
 
     trial, params = engine.ask()
     run_id = generate_id()
-    command = agent_command(spec, params, run_id)
+    command = agent_command(spec, params)
     trial.set_user_attr("run_id", run_id)
     trial.set_user_attr("params", json.dumps(params))
     env = {**os.environ, "WANDB_RUN_ID": run_id, "WANDB_RUN_GROUP": group, "WANDB_JOB_TYPE": "sweep-trial"}
@@ -219,7 +219,11 @@ def run_trial(spec: dict, engine: Engine, group: str, logs: Path) -> dict:
           flush=True)
     row = {"trial": trial.number, "run_id": run_id, **params}
     with open(log, "w") as out:
-        status = subprocess.run(command, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+        try:
+            status = subprocess.run(command, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+        except KeyboardInterrupt:  # Ctrl-C reaches the trial too (one process group): it is not left running
+            engine.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise
     run_dir = find_run(run_id)
     metric = spec["metric"]["name"]
     value = None
@@ -280,18 +284,23 @@ def main(argv: list[str] | None = None) -> int:
     spec = load_sweep(args.sweep)
     name = args.name or spec.get("name") or Path(args.sweep).stem
     storage = args.storage or Path("runs", "sweeps", name, "optuna.journal")
+    check_parses(agent_command(spec, corner(spec, 0)))  # a wrong key fails here, before anything is written
     engine = Engine(spec, name, storage, seed=args.seed)
-    check_parses(agent_command(spec, corner(spec, 0), "probe"))  # a wrong key fails here, before any run
     logs = storage.parent
-    ran = []
-    for _ in range(args.count):
-        if engine.exhausted():
-            print(f"dl4 sweep: the grid's {engine.grid_size} points have all been run", flush=True)
-            break
-        ran.append(run_trial(spec, engine, f"sweep-{name}", logs))
+    ran, interrupted = [], False
+    try:
+        for _ in range(args.count):
+            if engine.exhausted():
+                print(f"dl4 sweep: the grid's {engine.grid_size} points have all been run", flush=True)
+                break
+            ran.append(run_trial(spec, engine, f"sweep-{name}", logs))
+    except KeyboardInterrupt:
+        interrupted = True
+        print("dl4 sweep: interrupted; the trial that was running is marked failed", file=sys.stderr, flush=True)
     rows = table(spec, engine)
     text = write_table(rows, logs / "trials.csv")
     print(f"\nSweep {name} ({storage}), {spec['metric']['name']} ({spec['metric']['goal']}):\n{text}\n"
-          f"Table: {logs / 'trials.csv'}; upload the runs with: wandb sync --sync-all (in their wandb folder)",
+          f"Table: {logs / 'trials.csv'}. The trials are the W&B group sweep-{name}; upload them with "
+          f"wandb sync <save_dir>/wandb/offline-run-* (the configs' save_dir is runs)",
           flush=True)
-    return 0 if any(r["state"] == "complete" for r in ran) else 1
+    return 130 if interrupted else 0 if any(r["state"] == "complete" for r in ran) else 1

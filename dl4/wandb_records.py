@@ -48,27 +48,26 @@ def history(run_dir: Path) -> list[dict]:
     return rows
 
 
-def summary(run_dir: Path) -> dict:
-    """The run's summary, merged over all its summary updates: by default each key's last logged value, which is
-    what a W&B sweep reads as a run's metric."""
+def _merged(run_dir: Path, kind: str) -> dict:
+    """{key: value} over all the run's ``summary`` or ``config`` update records, later ones winning."""
     (path,) = Path(run_dir).glob("run-*.wandb")
     merged = {}
     for record in records(path):
-        if record.WhichOneof("record_type") == "summary":
-            for item in record.summary.update:
+        if record.WhichOneof("record_type") == kind:
+            for item in getattr(record, kind).update:
                 merged[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
     return merged
+
+
+def summary(run_dir: Path) -> dict:
+    """The run's summary: by default each key's last logged value, which is what a W&B sweep reads as a run's
+    metric."""
+    return _merged(run_dir, "summary")
 
 
 def config(run_dir: Path) -> dict:
     """The run's config, merged over all its config updates."""
-    (path,) = Path(run_dir).glob("run-*.wandb")
-    merged = {}
-    for record in records(path):
-        if record.WhichOneof("record_type") == "config":
-            for item in record.config.update:
-                merged[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
-    return merged
+    return _merged(run_dir, "config")
 
 
 def artifacts(run_dir: Path) -> list:

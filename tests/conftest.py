@@ -114,12 +114,12 @@ def dl4_here(*args, cwd, monkeypatch, capture, data_root=None) -> subprocess.Com
     return subprocess.CompletedProcess(args, status, out.out, out.err)
 
 
-def ddp_fit(config, tmp_path, data_root) -> Path:
+def ddp_fit(config, tmp_path, data_root, *overrides: str) -> Path:
     """`dl4 fit` of a config on 2 CPU processes (DDP, gloo), 2 short epochs, CSV logs; returns the run folder."""
     out = dl4("fit", "--config", config, "--trainer.accelerator=cpu", "--trainer.devices=2",
               "--trainer.strategy=ddp", "--trainer.logger=CSVLogger", "--trainer.logger.save_dir=runs",
               "--trainer.max_epochs=2", "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=2",
-              "--trainer.enable_progress_bar=false", cwd=tmp_path, data_root=data_root, timeout=600)
+              "--trainer.enable_progress_bar=false", *overrides, cwd=tmp_path, data_root=data_root, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     (run,) = (tmp_path / "runs").glob("*/version_*")
     return run

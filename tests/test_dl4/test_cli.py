@@ -75,8 +75,8 @@ def test_config_trains_then_tests_from_its_checkpoint(config, tmp_path, mnist_ro
     out = dl4_here("fit", *common, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
                    "--trainer.limit_val_batches=2", **here)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "`Trainer.fit` stopped" in out.stdout + out.stderr
     written = sorted((tmp_path / "checkpoints").glob("*.ckpt"))  # last.ckpt, or Lightning's default checkpoint
+    assert written and "Checkpoints: " in out.stdout  # dl4's summary of a finished fit
     ckpt = tmp_path / "checkpoints" / "last.ckpt" if (tmp_path / "checkpoints" / "last.ckpt").is_file() else written[0]
     if config in TESTED:
         out = dl4_here("test", *common, "--ckpt_path", ckpt, "--trainer.limit_test_batches=2",
@@ -95,11 +95,12 @@ def test_config_trains_then_tests_from_its_checkpoint(config, tmp_path, mnist_ro
     assert not [k for k, v in model.hparams.items() if isinstance(v, torch.nn.Module)]  # configs, not objects
 
 
-def test_print_config_resolves_short_names_and_interpolation(tmp_path):
+def test_print_config_resolves_short_names_and_interpolation(tmp_path, monkeypatch, capfd):
     text = (CONFIGS / "vae_mnist.yaml").read_text().replace("batch_size: 100", "batch_size: 100\n    eval_batch_size: "
                                                             "${data.init_args.batch_size}")
     (tmp_path / "interpolated.yaml").write_text(text)
-    out = dl4("fit", "--config", tmp_path / "interpolated.yaml", "--print_config", cwd=tmp_path)
+    out = dl4_here("fit", "--config", tmp_path / "interpolated.yaml", "--print_config", cwd=tmp_path,
+                   monkeypatch=monkeypatch, capture=capfd)
     assert out.returncode == 0, out.stderr
     printed = yaml.safe_load(out.stdout)
     assert printed["model"]["class_path"] == "lightning_models.VAE"
@@ -107,9 +108,9 @@ def test_print_config_resolves_short_names_and_interpolation(tmp_path):
     assert printed["seed_everything"] == 0
 
 
-def test_model_can_be_chosen_by_short_name_on_the_command_line(tmp_path):
-    out = dl4("fit", "--config", CONFIGS / "ae_mnist.yaml", "--model=DenoisingAutoencoder",
-              "--model.noise_level=0.5", "--print_config", cwd=tmp_path)
+def test_model_can_be_chosen_by_short_name_on_the_command_line(tmp_path, monkeypatch, capfd):
+    out = dl4_here("fit", "--config", CONFIGS / "ae_mnist.yaml", "--model=DenoisingAutoencoder",
+                   "--model.noise_level=0.5", "--print_config", cwd=tmp_path, monkeypatch=monkeypatch, capture=capfd)
     assert out.returncode == 0, out.stderr
     model = yaml.safe_load(out.stdout)["model"]
     assert model["class_path"].endswith("DenoisingAutoencoder") and model["init_args"]["noise_level"] == 0.5
@@ -161,30 +162,32 @@ def _untouched(folder: Path) -> bool:
     return sorted(p.name for p in folder.iterdir()) == ["notes.txt"] and (folder / "notes.txt").read_text() == "mine"
 
 
-def test_unknown_key_fails_fast_with_its_name(tmp_path):
+def test_unknown_key_fails_fast_with_its_name(tmp_path, monkeypatch, capfd):
     (tmp_path / "notes.txt").write_text("mine")
     bad = yaml.safe_load((CONFIGS / "vae_mnist.yaml").read_text())
     bad["model"]["init_args"]["likelihod"] = "bernoulli"
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
-    out = dl4("fit", "--config", tmp_path / "bad.yaml", cwd=tmp_path)
+    out = dl4_here("fit", "--config", tmp_path / "bad.yaml", cwd=tmp_path, monkeypatch=monkeypatch, capture=capfd)
     assert out.returncode != 0
     assert "likelihod" in out.stderr and "Traceback" not in out.stderr
     (tmp_path / "bad.yaml").unlink()
     assert _untouched(tmp_path)
 
 
-def test_wrong_type_fails_fast_naming_the_key(tmp_path):
+def test_wrong_type_fails_fast_naming_the_key(tmp_path, monkeypatch, capfd):
     (tmp_path / "notes.txt").write_text("mine")
-    out = dl4("fit", "--config", CONFIGS / "vae_mnist.yaml", "--model.init_args.decoder.init_args.code_dim=fifty", cwd=tmp_path)
+    out = dl4_here("fit", "--config", CONFIGS / "vae_mnist.yaml", "--model.init_args.decoder.init_args.code_dim=fifty",
+                   cwd=tmp_path, monkeypatch=monkeypatch, capture=capfd)
     assert out.returncode != 0
     assert "code_dim" in out.stderr and "fifty" in out.stderr and "Traceback" not in out.stderr
     assert _untouched(tmp_path)
 
 
-def test_missing_data_folder_says_where_it_looked_and_touches_nothing(tmp_path):
+def test_missing_data_folder_says_where_it_looked_and_touches_nothing(tmp_path, monkeypatch, capfd):
     (tmp_path / "notes.txt").write_text("mine")
-    out = dl4("fit", "--config", CONFIGS / "ae_mnist.yaml", "--data.init_args.download=false",
-              "--trainer.enable_progress_bar=false", cwd=tmp_path, data_root=tmp_path / "empty")
+    out = dl4_here("fit", "--config", CONFIGS / "ae_mnist.yaml", "--data.init_args.download=false",
+                   "--trainer.enable_progress_bar=false", cwd=tmp_path, data_root=tmp_path / "empty",
+                   monkeypatch=monkeypatch, capture=capfd)
     assert out.returncode == 1
     assert "dl4: error: MNIST not found" in out.stderr
     assert str(tmp_path / "empty" / "MNIST" / "raw") in out.stderr and "Traceback" not in out.stderr

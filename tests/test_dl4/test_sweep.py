@@ -51,7 +51,7 @@ def test_sweep_file_is_valid_and_its_corners_and_draws_parse(path, monkeypatch, 
     engine = sweep.Engine({**spec, "method": "random"}, "draws", tmp_path / "draws.journal", seed=0)
     points = [sweep.corner(spec, 0), sweep.corner(spec, -1), *(engine.ask()[1] for _ in range(3))]
     for params in points:
-        printed = sweep.check_parses(sweep.agent_command(spec, params, "x"))
+        printed = sweep.check_parses(sweep.agent_command(spec, params))
         for key, value in params.items():
             assert lookup(printed, key) == (pytest.approx(value) if isinstance(value, float) else value), key
 
@@ -87,7 +87,7 @@ def test_a_key_the_config_does_not_have_fails_before_any_run(tmp_path, monkeypat
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no_such_key" in err[0] and "does not parse" in err[0], err
-    assert not (tmp_path / "runs" / "wandb").exists()
+    assert not (tmp_path / "runs").exists()  # no run, no sweep storage
 
 
 @pytest.mark.slow
