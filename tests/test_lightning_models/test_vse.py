@@ -135,6 +135,6 @@ def test_ddp_trains_draws_once_and_validates_as_one_process(captions_root, mnist
     data = [f"--data.init_args.root={captions_root}", f"--data.init_args.data_dir={mnist_root}", *SIZE_ARGS,
             "--data.init_args.eval_batch_size=20"]
     run = ddp_fit(CONFIGS / "vse_mnist_captions.yaml", tmp_path, mnist_root, *data)
-    assert len(list((run / "media").glob("vse_retrieval*.csv"))) == 1  # epochs 0 and 1, every 2 epochs: once
+    assert len(list((run / "media").glob("media_vse_retrieval_step*.csv"))) == 1  # epochs 0 and 1, every 2: once
     logged = assert_ddp_validation_is_one_process(run, CONFIGS / "vse_mnist_captions.yaml", *data)
     assert {"val/i2t_r1", "val/t2i_r5", "val/rsum", "val/cider", "val/caption_accuracy"} <= logged.keys()
