@@ -125,10 +125,12 @@ def ddp_fit(config, tmp_path, data_root, *overrides: str) -> Path:
     return run
 
 
-def assert_ddp_validation_is_one_process(run: Path, config, *overrides: str, skip=(), data_root=None) -> dict:
+def assert_ddp_validation_is_one_process(run: Path, config, *overrides: str, skip=(), data_root=None,
+                                      val_batches: str = "4") -> dict:
     """The validation numbers a `ddp_fit` run logged at its end (2 processes, 2 batches each) are those of one process
-    validating the same weights (its last checkpoint) on the same examples (4 batches): the metrics are reduced
-    across processes, and each example is seen once (``datamodules.tensors.eval_sampler``). Sums in another order
+    validating the same weights (its last checkpoint) on the same examples (4 batches; ``val_batches="1.0"`` for a
+    run validated on the whole set): the metrics are reduced across processes, and each example is seen once
+    (``datamodules.tensors.eval_sampler``). Sums in another order
     differ in the last bits, hence the relative tolerance of 1e-5. ``skip``: keys drawn from fresh noise. Returns the
     numbers compared."""
     import csv
@@ -137,7 +139,7 @@ def assert_ddp_validation_is_one_process(run: Path, config, *overrides: str, ski
     ddp = {k: float(v) for k, v in rows[-1].items() if k.startswith("val/") and v and k not in skip}
     checkpoints = sorted((run / "checkpoints").glob("*.ckpt"), key=lambda p: (p.name != "last.ckpt", -p.stat().st_mtime))
     with mock.patch.dict(os.environ, {"DL4_DATA_DIR": str(data_root)} if data_root else {}):
-        cli = build_from_config(config, "--trainer.limit_val_batches=4", "--trainer.enable_progress_bar=false",
+        cli = build_from_config(config, f"--trainer.limit_val_batches={val_batches}", "--trainer.enable_progress_bar=false",
                                 "--trainer.callbacks=[]", *overrides)
         (one,) = cli.trainer.validate(cli.model, cli.datamodule, ckpt_path=str(checkpoints[0]), verbose=False)
     compared = {k: v for k, v in ddp.items() if k in one}  # not those only fit logs (the NTM's val/sequences)

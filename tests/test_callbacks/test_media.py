@@ -1,11 +1,11 @@
-"""Picture callbacks: the same images reach files, TensorBoard and W&B, and only once under DDP."""
+"""Picture callbacks: the same images reach files, TensorBoard and W&B (once under DDP: the DAE's test in
+tests/test_dl4/test_clusters.py, torchrun's)."""
 
 import lightning as L
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from PIL import Image
 
 from callbacks import DecoderFilters, LatentInterpolation, PriorSamples, ReconstructionGrid
-from conftest import CONFIGS, assert_ddp_validation_is_one_process, ddp_fit
 from lightning_models import VAE, DenoisingAutoencoder, SparseAutoencoder
 
 
@@ -47,11 +47,3 @@ def test_images_reach_tensorboard(mnist, tmp_path):
     assert {"media/reconstructions", "media/decoder_filters"} <= set(events.Tags()["images"])
     assert len(events.Images("media/decoder_filters")) == 2
     assert events.Images("media/decoder_filters")[0].width == 5 * 30 + 2
-
-
-def test_ddp_on_two_processes_logs_each_picture_once(tmp_path, mnist_root):
-    run = ddp_fit(CONFIGS / "dae_mnist.yaml", tmp_path, mnist_root)
-    assert_ddp_validation_is_one_process(run, CONFIGS / "dae_mnist.yaml", data_root=mnist_root)
-    assert len(list((run / "media" / "media_reconstructions").glob("*.png"))) == 2  # 2 epochs, rank zero only
-    metrics = (run / "metrics.csv").read_text()
-    assert "val/recon" in metrics

@@ -68,3 +68,23 @@ def test_data_dir_defaults_to_the_environment(monkeypatch, tmp_path):
 def test_val_size_is_checked():
     with pytest.raises(ValueError, match="data.val_size"):
         MNISTDataModule(val_size=60000)
+
+
+def test_under_ddp_evaluation_deals_each_example_to_one_process_once(monkeypatch):
+    """The evaluation loaders' sampler under a process group of 2: 1,001 examples go out as 501 + 500, each once.
+    Lightning's default for evaluation, a DistributedSampler, pads rank 1 with a second copy of example 0."""
+    import torch.distributed as dist
+    from torch.utils.data import DistributedSampler
+
+    from datamodules.tensors import eval_sampler
+
+    dataset = list(range(1001))
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    dealt = []
+    for rank in (0, 1):
+        monkeypatch.setattr(dist, "get_rank", lambda group=None, rank=rank: rank)
+        dealt.append(list(eval_sampler(dataset)))
+    assert [len(d) for d in dealt] == [501, 500] and sorted(dealt[0] + dealt[1]) == dataset
+    padded = [list(DistributedSampler(dataset, num_replicas=2, rank=r, shuffle=False)) for r in (0, 1)]
+    assert sorted(padded[0] + padded[1]) == [0, *dataset]  # what eval_sampler avoids

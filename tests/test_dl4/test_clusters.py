@@ -9,11 +9,10 @@ import time
 import pytest
 import torch
 
-from conftest import CONFIGS, REPO
+from conftest import CONFIGS, REPO, assert_ddp_validation_is_one_process
 from dl4.wandb_records import history
 
-QUICK = ["--trainer.logger=CSVLogger", "--trainer.logger.save_dir=runs", "--trainer.enable_progress_bar=false",
-         "--trainer.callbacks=[]"]
+WHOLE_ODD_SET = ["--data.init_args.val_size=1001", "--trainer.limit_val_batches=1.0"]
 
 
 def _env(data_root, **more) -> dict:
@@ -24,20 +23,23 @@ def _env(data_root, **more) -> dict:
 @pytest.mark.slow
 def test_torchrun_starts_two_cpu_processes_that_train_as_one_ddp_run(tmp_path, mnist_root):
     """`torchrun --nproc_per_node 2 --no-python dl4 fit ...`: torchrun starts both processes and sets their ranks;
-    Lightning's TorchElastic environment picks them up (it does not start processes of its own), they train as one
-    DDP run (gloo), and one run folder with one metrics file comes out."""
+    Lightning's TorchElastic environment picks them up (it does not start processes of its own), and they train as
+    one DDP run (gloo). This is also the autoencoders' DDP test: the DAE's pictures are drawn once (rank zero, 2
+    epochs), and its last validation is one process's on the same examples."""
     out = subprocess.run(
         ["torchrun", "--nproc_per_node", "2", "--standalone", "--no-python", "dl4", "fit",
          "--config", str(CONFIGS / "dae_mnist.yaml"), "--trainer.accelerator=cpu", "--trainer.devices=2",
-         "--trainer.strategy=ddp", "--trainer.max_epochs=1", "--trainer.limit_train_batches=4",
-         "--trainer.limit_val_batches=2", *QUICK],
+         "--trainer.strategy=ddp", "--trainer.max_epochs=2", "--trainer.limit_train_batches=4", *WHOLE_ODD_SET,
+         "--trainer.logger=CSVLogger", "--trainer.logger.save_dir=runs", "--trainer.enable_progress_bar=false"],
         cwd=tmp_path, env=_env(mnist_root), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout + out.stderr
     assert "MEMBER: 1/2" in text and "MEMBER: 2/2" in text, text[-2000:]
     (run,) = (tmp_path / "runs").glob("*/version_*")
-    rows = (run / "metrics.csv").read_text().splitlines()
-    assert "val/recon" in rows[0] and len(rows) > 1
+    assert len(list((run / "media" / "media_reconstructions").glob("*.png"))) == 2  # 2 epochs, rank zero only
+    # the whole validation set, 1,001 images: 501 on rank 0 and 500 on rank 1 (datamodules.tensors.eval_sampler)
+    assert "val/recon" in assert_ddp_validation_is_one_process(run, CONFIGS / "dae_mnist.yaml", *WHOLE_ODD_SET,
+                                                                data_root=mnist_root, val_batches="1.0")
 
 
 def _wait_for(predicate, process, timeout=120.0):

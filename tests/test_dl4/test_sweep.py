@@ -2,12 +2,11 @@
 into the agent's run; `dl4 sweep` runs a sweep offline with Optuna and picks the best trial."""
 
 import os
-import subprocess
 
 import pytest
 import yaml
 
-from conftest import CAPTION_SIZE_ARGS, REPO
+from conftest import CAPTION_SIZE_ARGS, REPO, dl4_here
 from dl4 import sweep
 from dl4.wandb_records import config as run_config
 from dl4.wandb_records import history, records
@@ -92,11 +91,35 @@ def test_a_key_the_config_does_not_have_fails_before_any_run(tmp_path, monkeypat
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
-def test_wandb_agent_runs_the_command_into_its_run(path, tmp_path, monkeypatch, mnist_root, babi_root, captions_root):
+def test_every_sweeps_metric_is_logged_after_each_validation_epoch(path, tmp_path, monkeypatch, mnist_root, babi_root,
+                                                                   captions_root):
+    """The sweep's command with its last corner, as the agent writes it, built by dl4's parser in this process and
+    trained 2 epochs of 2 batches: its metric is in the log after each of the 2 validation epochs."""
+    import csv
+
+    from conftest import build_from_config
+
+    spec = yaml.safe_load(path.read_text())
+    command = sweep.agent_command(spec, sweep.corner(spec, -1))
+    monkeypatch.setenv("DL4_DATA_DIR", str(babi_root if "memn2n" in path.stem else mnist_root))
+    monkeypatch.chdir(REPO)
+    cli = build_from_config(command[3], *command[4:], *TINY, *extra(path.stem, captions_root, mnist_root),
+                            "--trainer.logger=CSVLogger", f"--trainer.logger.save_dir={tmp_path}", logger=True)
+    cli.trainer.fit(cli.model, cli.datamodule)
+    (log,) = tmp_path.rglob("metrics.csv")
+    metric = spec["metric"]["name"]
+    assert sum(1 for row in csv.DictReader(open(log)) if row.get(metric)) == 2, metric
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", [REPO / "sweeps" / "vse_mnist_captions.yaml", REPO / "sweeps" / "dae_mnist.yaml"],
+                         ids=lambda p: p.stem)
+def test_wandb_agent_runs_the_command_into_its_run(path, tmp_path, monkeypatch, mnist_root, captions_root):
     """The sweep's command run by W&B's agent itself (`wandb/wandb_agent.py`, `Agent._command_run`: the command line
     from `create_sweep_command_args`, with WANDB_SWEEP_ID, WANDB_RUN_ID and WANDB_SWEEP_PARAM_PATH in the
     environment), 2 epochs of 2 batches, offline: dl4's run is the agent's run (its id), and it logs the sweep's
-    metric at the end of each validation epoch, with the drawn values in its config."""
+    metric at the end of each validation epoch, with the drawn values in its config. Two sweeps between them pass
+    every kind of value: floats, a boolean and lists (the VSE's), strings (the DAE's grid)."""
     from wandb.wandb_agent import Agent
 
     spec = yaml.safe_load(path.read_text())
@@ -107,7 +130,7 @@ def test_wandb_agent_runs_the_command_into_its_run(path, tmp_path, monkeypatch, 
         monkeypatch.delenv(key)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SWEEP_ID", "sweep42")
-    monkeypatch.setenv("DL4_DATA_DIR", str(babi_root if "memn2n" in path.stem else mnist_root))
+    monkeypatch.setenv("DL4_DATA_DIR", str(mnist_root))
     monkeypatch.setenv("PYTHONWARNINGS", "ignore")
     for key in ("WANDB_DIR", "WANDB_RUN_ID", "WANDB_SWEEP_PARAM_PATH"):  # the agent sets them in this process
         monkeypatch.setenv(key, str(tmp_path) if key == "WANDB_DIR" else "")
@@ -131,7 +154,7 @@ def test_wandb_agent_runs_the_command_into_its_run(path, tmp_path, monkeypatch, 
 
 
 @pytest.mark.slow
-def test_dl4_sweep_runs_trials_offline_shares_its_storage_and_picks_the_best(tmp_path, mnist_root):
+def test_dl4_sweep_runs_trials_offline_shares_its_storage_and_picks_the_best(tmp_path, mnist_root, monkeypatch, capfd):
     """`dl4 sweep --count 2`, then again with `--count 1` on the same storage (a second machine, later): 3 trials of
     the VAE sweep over a tiny budget, each an offline W&B run of the group sweep-<name>; the table, best first, holds
     each run's last logged metric, and the best is the best of the three."""
@@ -139,11 +162,10 @@ def test_dl4_sweep_runs_trials_offline_shares_its_storage_and_picks_the_best(tmp
     spec["command"] = [*spec["command"][:-1], *TINY, spec["command"][-1]]
     (tmp_path / "vae.yaml").write_text(yaml.safe_dump(spec))
     (tmp_path / "configs").symlink_to(REPO / "configs")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update(DL4_DATA_DIR=str(mnist_root), PYTHONWARNINGS="ignore")
-    for count in (2, 1):
-        out = subprocess.run(["dl4", "sweep", "vae.yaml", "--count", str(count), "--storage", "shared/vae.journal",
-                              "--seed", str(count)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    monkeypatch.setenv("PYTHONWARNINGS", "ignore")  # the trials' (each a `dl4 fit` process of its own)
+    for count in (2, 1):  # `dl4 sweep` by its entry point in this process; its trials are processes of their own
+        out = dl4_here("sweep", "vae.yaml", "--count", count, "--storage", "shared/vae.journal", "--seed", count,
+                       cwd=tmp_path, data_root=mnist_root, monkeypatch=monkeypatch, capture=capfd)
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     lines = out.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("trial"))
