@@ -269,8 +269,12 @@ def _cell(value) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dl4 sweep", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="dl4 sweep", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Runs a W&B sweep file here, with Optuna, where W&B's sweep server cannot be reached: each trial "
+                    "is a `dl4 fit` logged offline\n(upload them later with `wandb sync`). See docs/clusters.md.",
+        epilog="examples:\n  dl4 sweep sweeps/vae_mnist.yaml --count 20\n"
+               "  dl4 sweep sweeps/vae_mnist.yaml --count 10 --storage /shared/vae.journal   # on every machine")
     parser.add_argument("sweep", help="a W&B sweep file, e.g. sweeps/vae_mnist.yaml")
     parser.add_argument("--count", type=int, default=10, help="trials to run on this machine (default 10)")
     parser.add_argument("--storage", type=Path, default=None,
