@@ -23,19 +23,20 @@ import time
 from pathlib import Path
 
 import lightning as L
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import REPO, default_data_dir, report  # noqa: E402
 
 CAPTIONS = ["--data.init_args.train_size=6000", "--data.init_args.val_size=501", "--data.init_args.test_size=101",
             "--data.init_args.eval_batch_size=50"]
-FAMILIES = {  # family: config, metric, batch size key, extra flags
-    "autoencoders": ("dae_mnist.yaml", "val/recon", "data.init_args.batch_size", []),
-    "gan": ("dcgan_mnist.yaml", "val/parzen_ll", "data.init_args.batch_size", []),
-    "ntm": ("ntm_copy.yaml", "val/bits_per_seq", "data.init_args.batch_size", []),
-    "memn2n": ("memn2n_babi.yaml", "val/error", "data.init_args.batch_size", []),
-    "stn": ("st_cnn_rts_mnist.yaml", "val/error", "data.init_args.batch_size", []),
-    "vse": ("vse_mnist_captions.yaml", "val/rsum", "data.init_args.batch_size", CAPTIONS),
+FAMILIES = {  # family: config, metric, extra flags
+    "autoencoders": ("dae_mnist.yaml", "val/recon", []),
+    "gan": ("dcgan_mnist.yaml", "val/parzen_ll", []),
+    "ntm": ("ntm_copy.yaml", "val/bits_per_seq", []),
+    "memn2n": ("memn2n_babi.yaml", "val/error", []),
+    "stn": ("st_cnn_rts_mnist.yaml", "val/error", []),
+    "vse": ("vse_mnist_captions.yaml", "val/rsum", CAPTIONS),
 }
 
 
@@ -66,13 +67,9 @@ def last_val(run_dir: Path, metric: str) -> float:
     return float(rows[-1][metric])
 
 
-def family_row(name: str, steps: int, epochs: int, work: Path, batch: int | None) -> list:
-    config, metric, batch_key, extra = FAMILIES[name]
-    spec = __import__("yaml").safe_load((REPO / "configs" / config).read_text())
-    node = spec
-    for part in batch_key.split("."):
-        node = node.get(part, {}) if isinstance(node, dict) else {}
-    B = batch or (node if isinstance(node, int) else 32)
+def family_row(name: str, steps: int, epochs: int, work: Path) -> list:
+    config, metric, extra = FAMILIES[name]
+    B = yaml.safe_load((REPO / "configs" / config).read_text())["data"]["init_args"].get("batch_size", 32)
     if name == "vse":  # MNIST captions are generated on first use, into a folder of the benchmark's
         extra = [*extra, f"--data.init_args.root={work / 'mnist_captions'}"]
     common = ["--config", str(REPO / "configs" / config), *extra]
@@ -84,7 +81,7 @@ def family_row(name: str, steps: int, epochs: int, work: Path, batch: int | None
     seconds, trained, ckpts = {}, {}, {}
     for devices in (1, 2):
         folder = work / name / f"fit{devices}"
-        out = dl4(["fit", *base, f"--trainer.logger.save_dir={folder}", f"--{batch_key}={B // devices}"],
+        out = dl4(["fit", *base, f"--trainer.logger.save_dir={folder}", f"--data.init_args.batch_size={B // devices}"],
                   REPO, devices)
         epochs_s = [float(s) for s in re.findall(r"DL4_EPOCH_SECONDS ([\d.]+)", out)]
         seconds[devices] = epochs_s[-1]  # the last epoch: no compilation or first-touch costs in it
@@ -110,7 +107,7 @@ def main():
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     default_data_dir()
-    rows = [family_row(name, args.steps, args.epochs, args.work, None) for name in args.only]
+    rows = [family_row(name, args.steps, args.epochs, args.work) for name in args.only]
     columns = ["family", "config", "metric", "global batch", "s / epoch, 1 process", "s / epoch, 2 processes",
                "after training, 1 process", "after training, 2 processes", "validate the checkpoint, 1 process",
                "the same, 2 processes", "relative difference"]
