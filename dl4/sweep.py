@@ -102,7 +102,7 @@ def load_sweep(path: str | Path) -> dict:
             bad(where, "min must be below max")
         if spec["method"] == "grid" and not ({"value", "values"} & set(parameter)):
             bad(where, "a grid sweep needs values (or a value) for every parameter")
-        try:
+        try:  # W&B's own mapping says whether Optuna can draw it (values are checked above; lists become indices)
             sweep_parameter_to_distribution({**parameter, **({"values": [0]} if "values" in parameter else {})})
         except (ValueError, KeyError, TypeError) as err:
             bad(where, f"{err} (dl4 sweep runs uniform, int_uniform, log_uniform_values, q_uniform and values)")
