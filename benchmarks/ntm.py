@@ -9,18 +9,37 @@
         runs `dl4 fit` on the config (CSV logs), then `dl4 test` on its best checkpoint; prints the sequences and
         seconds until the validation cost first fell below the threshold and until it stayed below it, and the
         test bits per sequence and bit errors at every test length.
+    python benchmarks/ntm.py seeds --out DIR [--config configs/ntm_copy.yaml] [--seeds 0 1 2 3 4]
+                                   [--settings 1/highest/compiled 2/highest/eager ...] [--cores 2] [-- dl4 arguments]
+        the multi-seed protocol: every seed (the initialisation's and the data's, --seed_everything and
+        data.init_args.seed) in every floating-point setting (threads / float32_matmul_precision / compiled or
+        eager step), each its own process (`seed` below), as many at a time as their threads fit in --cores; runs
+        already in DIR are kept, so a stopped protocol resumes. Then `seeds-report`.
+    python benchmarks/ntm.py seed --out DIR --seed S --setting 1/highest/compiled [-- dl4 arguments]
+        one run: `dl4 fit` with a probe of every epoch (validation cost, learning rate, gradient norms before
+        clipping per parameter group, the weightings' sharpness), then `dl4 test` on the final weights ->
+        DIR/<setting>_seed<S>.json.
+    python benchmarks/ntm.py seeds-report --out DIR
+        per run: the sequences until the validation cost first fell below --threshold, until it stayed below it to
+        the end, the worst cost after first falling below, whether the last quarter of training stayed below, and
+        the test cost at lengths 50, 80, 120; per setting the median and the worst seed.
 """
 
 import argparse
 import csv
+import json
 import math
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+import lightning as L
 import torch
 
-from common import Timer, build_run, report
+from common import QUIET, Timer, build_run, report, write_json
 from datamodules.algorithmic import copy_batch
 from lightning_models.nn.ntm import NeuralTuringMachine, StackedLSTM
 
@@ -117,6 +136,201 @@ def converge(args, extra):
             "threshold_bits": args.threshold})
 
 
+# --- the multi-seed protocol (issue 18): every seed in every floating-point setting, each its own process ---
+
+SETTINGS = ("1/highest/compiled", "2/highest/compiled", "1/high/compiled", "1/highest/eager")
+
+
+def parse_setting(text: str) -> tuple[int, str, bool]:
+    """'threads/precision/compiled|eager' -> (threads, float32_matmul_precision, compiled)."""
+    try:
+        threads, precision, mode = text.split("/")
+        if precision not in ("highest", "high", "medium") or mode not in ("compiled", "eager"):
+            raise ValueError
+        return int(threads), precision, mode == "compiled"
+    except ValueError:
+        raise SystemExit(f"--settings {text!r}: expected THREADS/PRECISION/MODE, e.g. 1/highest/compiled "
+                         f"(precision highest, high or medium; mode compiled or eager)") from None
+
+
+def gradient_groups(net) -> dict[str, list[tuple[torch.Tensor, slice | None]]]:
+    """The NTM's parameters by role, for per-group gradient norms: the controller, every head's addressing
+    (key, beta, gate, shift, gamma rows of the head layer), the read heads' shift rows alone, the write heads'
+    erase and add rows, the output layer and the initial reads. A net without heads (the LSTM) is one group."""
+    if not hasattr(net, "heads"):
+        return {"all": [(p, None) for p in net.parameters()]}
+    size = sum(net.address_sizes)
+    shift = sum(net.address_sizes[:3]), sum(net.address_sizes[:4])
+    rows = {"read addressing": slice(0, net.R * size), "write addressing": slice(net.R * size, (net.R + net.V) * size),
+            "erase/add": slice((net.R + net.V) * size, None)}
+    groups = {"controller": [(p, None) for p in net.controller.parameters()]}
+    for name, part in rows.items():
+        groups[name] = [(net.heads.weight, part), (net.heads.bias, part)]
+    groups["read shift"] = [(p, slice(h * size + shift[0], h * size + shift[1]))
+                            for h in range(net.R) for p in (net.heads.weight, net.heads.bias)]
+    groups["output"] = [(p, None) for p in net.output.parameters()]
+    groups["initial reads"] = [(net.r0, None)]
+    return groups
+
+
+class TrainingProbe(L.Callback):
+    """What a relapse is made of, per epoch: every step's gradient norm before clipping, in all and per parameter
+    group (median, max, the clip AutoClip applied), the learning rate, and after each validation the validation
+    cost and how sharp the read and write weightings are on fixed length-20 sequences (the mean over steps of the
+    largest weight, 1 = one row, 1/N = uniform), for the input phase (writes) and the output phase (reads)."""
+
+    def __init__(self, sequences: int = 32):
+        self.sequences, self.epochs, self.steps = sequences, [], []
+
+    def on_fit_start(self, trainer, pl_module):
+        net = getattr(pl_module, "ntm", None) or pl_module.lstm
+        self.groups = gradient_groups(net)
+        self.probe = trainer.datamodule.fixed_batch(self.sequences, seed=12345)
+        self.start = time.perf_counter()
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):  # before Lightning clips the gradients
+        with torch.no_grad():
+            norms = {name: float(torch.sqrt(sum((p.grad if part is None else p.grad[part]).square().sum()
+                                                for p, part in params if p.grad is not None)))
+                     for name, params in self.groups.items()}
+            norms["total"] = float(torch.nn.utils.get_total_norm([p.grad for p in pl_module.parameters()
+                                                                  if p.grad is not None]))
+        self.steps.append(norms)
+
+    def on_train_epoch_end(self, trainer, pl_module):  # the epoch's validation has run and logged by now
+        metrics = trainer.callback_metrics
+        record = {"epoch": trainer.current_epoch, "step": trainer.global_step,
+                  "sequences": int(pl_module.sequences_seen), "seconds": time.perf_counter() - self.start,
+                  "val_bits": float(metrics["val/bits_per_seq"]),
+                  "lr": trainer.optimizers[0].param_groups[0]["lr"]}
+        for name in self.steps[0] if self.steps else ():
+            values = sorted(s[name] for s in self.steps)
+            record[f"grad/{name}/median"] = values[len(values) // 2]
+            record[f"grad/{name}/max"] = values[-1]
+        if self.steps and pl_module.hparams.get("clip_percentile") is not None:
+            norms = pl_module.grad_norms
+            record["grad/clip"] = norms[int((len(norms) - 1) * pl_module.hparams.clip_percentile / 100)]
+        if hasattr(pl_module, "ntm"):
+            inputs, targets = (t.to(pl_module.device) for t in self.probe)
+            was_training = pl_module.training
+            pl_module.eval()
+            with torch.no_grad():
+                _, trace = pl_module(inputs, record=True)
+            pl_module.train(was_training)
+            out = targets.shape[0]
+            record["sharpness/write_input"] = float(trace["write_weights"][:, :-out].amax(-1).mean())
+            record["sharpness/read_output"] = float(trace["read_weights"][:, -out:].amax(-1).mean())
+        self.epochs.append(record)
+        self.steps = []
+
+
+def seed_run(args, extra):
+    """One seed in one setting, in this process: `dl4 fit` (no logger, no checkpoints, the probe), then `dl4 test`
+    on the final weights; writes OUT/<setting>_seed<S>.json."""
+    threads, precision, compiled = parse_setting(args.setting)
+    torch.set_num_threads(threads)
+    run = build_run(args.config, [*QUIET, f"--seed_everything={args.seed}", f"--data.init_args.seed={args.seed}",
+                                  f"--float32_matmul_precision={precision}",
+                                  f"--model.init_args.compile={str(compiled).lower()}", *extra])
+    probe = TrainingProbe()
+    run.trainer.callbacks.append(probe)
+    with Timer() as timer:
+        run.trainer.fit(run.model, datamodule=run.datamodule)
+    (test,) = run.trainer.test(run.model, datamodule=run.datamodule, verbose=False)
+    result = {"config": str(args.config), "setting": args.setting, "seed": args.seed, "extra": extra,
+              "threads": torch.get_num_threads(), "fit_seconds": timer.seconds, "epochs": probe.epochs,
+              "test": {k: float(v) for k, v in test.items()}}
+    write_json(args.out / f"{args.setting.replace('/', '-')}_seed{args.seed}.json", result)
+    print(f"{args.setting} seed {args.seed}: final validation cost {probe.epochs[-1]['val_bits']:.3f} bits, "
+          f"{timer.seconds:.0f} s", flush=True)
+
+
+def protocol(args, extra):
+    """Every (setting, seed) as its own process, as many at a time as their threads fit in --cores; a run whose
+    JSON exists is not repeated (so a stopped protocol resumes); then the report."""
+    jobs = [(s, seed) for s in args.settings for seed in args.seeds]
+    args.out.mkdir(parents=True, exist_ok=True)
+    jobs = [(s, seed) for s, seed in jobs if not (args.out / f"{s.replace('/', '-')}_seed{seed}.json").exists()]
+    running, start = [], time.perf_counter()
+    while jobs or running:
+        free = args.cores - sum(parse_setting(s)[0] for s, _, _ in running)
+        fits = [job for job in jobs if parse_setting(job[0])[0] <= free]
+        if fits:
+            setting, seed = fits[0]
+            jobs.remove(fits[0])
+            threads = str(parse_setting(setting)[0])
+            env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+                   "TORCHINDUCTOR_COMPILE_THREADS": "1"}
+            log = open(args.out / f"{setting.replace('/', '-')}_seed{seed}.log", "w")
+            command = [sys.executable, __file__, "seed", "--config", str(args.config), "--setting", setting,
+                       "--seed", str(seed), "--out", str(args.out), *(["--"] + extra if extra else [])]
+            running.append((setting, seed, subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)))
+            continue
+        time.sleep(2)
+        for job in [job for job in running if job[2].poll() is not None]:
+            running.remove(job)
+            print(f"{job[0]} seed {job[1]}: {'done' if job[2].returncode == 0 else 'FAILED'} "
+                  f"({time.perf_counter() - start:.0f} s)", flush=True)
+    protocol_report(args)
+
+
+def summarise(run: dict, threshold: float) -> dict:
+    """One run's convergence: sequences until the validation cost first fell below the threshold and until it
+    stayed below to the end, the worst cost after first falling below it, whether the last quarter of the epochs
+    stayed below, and the test cost and bit errors at every test length."""
+    epochs = run["epochs"]
+    costs = [e["val_bits"] for e in epochs]
+    first = next((i for i, c in enumerate(costs) if c < threshold), None)
+    stable = next((i for i in range(len(costs)) if all(c < threshold for c in costs[i:])), None)
+    quarter = costs[len(costs) - max(1, len(costs) // 4):]
+    lengths = sorted({int(k.rsplit("len", 1)[1]) for k in run["test"] if "_len" in k})
+    return {"first": first is not None and epochs[first]["sequences"] or None,
+            "stable": stable is not None and epochs[stable]["sequences"] or None,
+            "relapse": max(costs[first:]) if first is not None else None, "final": costs[-1],
+            "last_quarter": all(c < threshold for c in quarter),
+            "test": {n: (run["test"][f"test/bits_per_seq_len{n}"], run["test"][f"test/bit_errors_per_seq_len{n}"])
+                     for n in lengths}}
+
+
+def protocol_report(args):
+    """Per setting: every seed's row, then the median and the worst seed (by the sequences until it stayed below
+    the threshold, never counting as worst)."""
+    runs = [json.loads(p.read_text()) for p in sorted(args.out.glob("*_seed*.json"))]
+    if not runs:
+        raise SystemExit(f"no runs in {args.out}")
+    lengths = [n for n in (50, 80, 120) if f"test/bits_per_seq_len{n}" in runs[0]["test"]] or \
+        sorted({int(k.rsplit("len", 1)[1]) for k in runs[0]["test"] if "_len" in k})[-3:]
+    seq = lambda n: "never" if n is None else f"{n:,}"
+    header = ["setting", "seed", f"first < {args.threshold}", f"< {args.threshold} to the end",
+              "worst cost after first", f"last quarter < {args.threshold}", "final cost",
+              *(f"len {n}: bits / wrong bits" for n in lengths)]
+    rows, summary = [], {}
+    for setting in dict.fromkeys(r["setting"] for r in runs):
+        mine = sorted((r for r in runs if r["setting"] == setting), key=lambda r: r["seed"])
+        stats = [summarise(r, args.threshold) for r in mine]
+        for r, s in zip(mine, stats):
+            rows.append([setting, r["seed"], seq(s["first"]), seq(s["stable"]),
+                         "-" if s["relapse"] is None else f"{s['relapse']:.2f}", "yes" if s["last_quarter"] else "**no**",
+                         f"{s['final']:.3f}", *(f"{s['test'][n][0]:.2f} / {s['test'][n][1]:.2f}" for n in lengths)])
+        key = [math.inf if s["stable"] is None else s["stable"] for s in stats]
+        order = sorted(range(len(stats)), key=lambda i: key[i])
+        median, worst = order[(len(order) - 1) // 2], order[-1]
+        for name, i in (("median", median), ("worst", worst)):
+            s = stats[i]
+            rows.append([f"**{setting}**", f"{name} (seed {mine[i]['seed']})", seq(s["first"]), seq(s["stable"]),
+                         "-" if s["relapse"] is None else f"{s['relapse']:.2f}",
+                         "yes" if s["last_quarter"] else "**no**", f"{s['final']:.3f}",
+                         *(f"{s['test'][n][0]:.2f} / {s['test'][n][1]:.2f}" for n in lengths)])
+        summary[setting] = {"seeds": len(stats), "all_last_quarter": all(s["last_quarter"] for s in stats),
+                            "median_seed": mine[median]["seed"], "worst_seed": mine[worst]["seed"]}
+    epochs = {len(r["epochs"]) for r in runs}
+    print(f"{len(runs)} runs of {'/'.join(map(str, sorted(epochs)))} epochs; {sum(r['fit_seconds'] for r in runs):.0f} s "
+          f"of training in all")
+    report(f"ntm_seeds_{Path(runs[0]['config']).stem}", header, rows,
+           {"threshold_bits": args.threshold, "summary": summary, "extra": runs[0]["extra"]},
+           out=args.out / "table.json")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -129,11 +343,32 @@ def main():
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--max_epochs", type=int)
     p.add_argument("--threshold", type=float, default=0.1)
+    for name in ("seeds", "seed", "seeds-report"):
+        p = sub.add_parser(name)
+        p.add_argument("--out", type=Path, required=True)
+        p.add_argument("--threshold", type=float, default=0.1)
+        if name == "seeds-report":
+            continue
+        p.add_argument("--config", type=Path, default=Path("configs/ntm_copy.yaml"))
+        if name == "seeds":
+            p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+            p.add_argument("--settings", nargs="+", default=list(SETTINGS))
+            p.add_argument("--cores", type=int, default=os.cpu_count())
+        else:
+            p.add_argument("--seed", type=int, required=True)
+            p.add_argument("--setting", default=SETTINGS[0])
     args, extra = parser.parse_known_args()
+    extra = [e for e in extra if e != "--"]
     if args.command == "speed":
         if extra:
             parser.error(f"unknown arguments {extra}")
         speed(args)
+    elif args.command == "seeds-report":
+        protocol_report(args)
+    elif args.command in ("seeds", "seed"):
+        for setting in getattr(args, "settings", [args.setting]):
+            parse_setting(setting)
+        (protocol if args.command == "seeds" else seed_run)(args, extra)
     else:
         if not args.config.is_file():
             parser.error(f"--config {args.config}: no such file")
