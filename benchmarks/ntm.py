@@ -202,7 +202,9 @@ class TrainingProbe(L.Callback):
         record = {"epoch": trainer.current_epoch, "step": trainer.global_step,
                   "sequences": int(pl_module.sequences_seen), "seconds": time.perf_counter() - self.start,
                   "val_bits": float(metrics["val/bits_per_seq"]),
-                  "lr": trainer.optimizers[0].param_groups[0]["lr"]}
+                  "lr": trainer.optimizers[0].param_groups[0]["lr"],
+                  "val_bits_by_length": {k.rsplit("len", 1)[1]: float(v) for k, v in metrics.items()
+                                         if k.startswith("val/bits_per_seq_len")}}
         for name in self.steps[0] if self.steps else ():
             values = sorted(s[name] for s in self.steps)
             record[f"grad/{name}/median"] = values[len(values) // 2]
@@ -222,6 +224,8 @@ class TrainingProbe(L.Callback):
             record["sharpness/read_output"] = float(trace["read_weights"][:, -out:].amax(-1).mean())
         self.epochs.append(record)
         self.steps = []
+        print(f"epoch {record['epoch']}: validation {record['val_bits']:.3f} bits, lr {record['lr']:.2e}, "
+              f"{record['seconds']:.0f} s", flush=True)  # the run's log, to follow it
 
 
 def seed_run(args, extra):
@@ -366,7 +370,7 @@ def main():
     elif args.command == "seeds-report":
         protocol_report(args)
     elif args.command in ("seeds", "seed"):
-        for setting in getattr(args, "settings", [args.setting]):
+        for setting in args.settings if args.command == "seeds" else [args.setting]:
             parse_setting(setting)
         (protocol if args.command == "seeds" else seed_run)(args, extra)
     else:
