@@ -175,7 +175,8 @@ def gradient_groups(net) -> dict[str, list[tuple[torch.Tensor, slice | None]]]:
 
 class TrainingProbe(L.Callback):
     """What a relapse is made of, per epoch: every step's gradient norm before clipping, in all and per parameter
-    group (median, max, the clip AutoClip applied), the learning rate, and after each validation the validation
+    group (median, max, the clip AutoClip applied), the norm of the optimiser's update to each group (what the
+    step changed, after clipping and Adam's scaling), the learning rate, and after each validation the validation
     cost and how sharp the read and write weightings are on fixed length-20 sequences (the mean over steps of the
     largest weight, 1 = one row, 1/N = uniform), for the input phase (writes) and the output phase (reads)."""
 
@@ -188,14 +189,23 @@ class TrainingProbe(L.Callback):
         self.probe = trainer.datamodule.fixed_batch(self.sequences, seed=12345)
         self.start = time.perf_counter()
 
+    def group_norms(self, tensor_of) -> dict[str, float]:
+        return {name: float(torch.sqrt(sum((tensor_of(p) if part is None else tensor_of(p)[part]).square().sum()
+                                           for p, part in params if p.grad is not None)))
+                for name, params in self.groups.items()}
+
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):  # before Lightning clips the gradients
         with torch.no_grad():
-            norms = {name: float(torch.sqrt(sum((p.grad if part is None else p.grad[part]).square().sum()
-                                                for p, part in params if p.grad is not None)))
-                     for name, params in self.groups.items()}
+            norms = self.group_norms(lambda p: p.grad)
             norms["total"] = float(torch.nn.utils.get_total_norm([p.grad for p in pl_module.parameters()
                                                                   if p.grad is not None]))
+            self.before = {p: p.detach().clone() for p in pl_module.parameters()}
         self.steps.append(norms)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):  # the optimiser has stepped
+        with torch.no_grad():
+            updates = self.group_norms(lambda p: p.detach() - self.before[p])
+        self.steps[-1].update({f"update {name}": value for name, value in updates.items()})
 
     def on_train_epoch_end(self, trainer, pl_module):  # the epoch's validation has run and logged by now
         metrics = trainer.callback_metrics

@@ -2,6 +2,7 @@
 (the rate is the base rate times a closed-form factor of the epoch, so a resumed run continues it exactly).
 Give them in a config as ``lr_scheduler: {class_path: lightning_models.schedules.<Name>, init_args: ...}``."""
 
+from lightning.pytorch.cli import ReduceLROnPlateau
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -28,3 +29,23 @@ class HalvingLR(LambdaLR):
 
     def factor(self, epoch: int) -> float:
         return 0.5 ** (max(0, epoch - self.after_epoch + 1) // self.every)
+
+
+class DecayOnceBelow(ReduceLROnPlateau):
+    """A learning-rate decay that starts once the model has learned the task: after the first validation at which
+    ``monitor`` falls below ``below``, every validation multiplies the rate by ``factor`` (never below ``min_lr``),
+    whatever the value does next. It keeps Adam's constant-size steps from shaking a learned algorithm loose.
+    A ``ReduceLROnPlateau``, so that Lightning hands it the monitored value after each validation; give it as
+    ``lr_scheduler: {class_path: lightning_models.schedules.DecayOnceBelow, init_args: {monitor: val/..., below: 0.1}}``."""
+
+    def __init__(self, optimizer: Optimizer, monitor: str, below: float, factor: float = 0.8, min_lr: float = 1e-5):
+        super().__init__(optimizer, monitor, mode="min", factor=factor, min_lr=min_lr)
+        self.below, self.reached = below, False
+
+    def step(self, metrics, epoch=None):
+        self.last_epoch += 1
+        self.reached = self.reached or float(metrics) < self.below
+        if self.reached:
+            for group, floor in zip(self.optimizer.param_groups, self.min_lrs):
+                group["lr"] = max(group["lr"] * self.factor, floor)
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lightning_models.schedules import ExponentialLRFrom, HalvingLR
+from lightning_models.schedules import DecayOnceBelow, ExponentialLRFrom, HalvingLR
 
 
 def rates(scheduler_class, epochs: int, **kwargs) -> list[float]:
@@ -28,3 +28,28 @@ def test_exponential_lr_from_an_epoch(start):
     lr = rates(ExponentialLRFrom, 80, gamma=0.9, start_epoch=start)
     assert lr == [0.005 * 0.9 ** max(0, e - start) for e in range(80)]  # the NTM's former LambdaLR
     assert lr[start] == 0.005 and lr[start + 1] < 0.005
+
+
+def test_decay_once_below_waits_for_the_threshold_then_decays_whatever_follows():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    scheduler = DecayOnceBelow(opt, monitor="val/bits_per_seq", below=0.1, factor=0.5, min_lr=1e-4)
+    lr = []
+    for cost in [80, 20, 0.5, 0.09, 3.0, 0.05, 0.04, 0.03]:  # below at the 4th, a relapse at the 5th
+        opt.step()
+        scheduler.step(cost)
+        lr.append(opt.param_groups[0]["lr"])
+    assert lr == pytest.approx([1e-3, 1e-3, 1e-3, 5e-4, 2.5e-4, 1.25e-4, 1e-4, 1e-4])
+    assert scheduler.get_last_lr() == [1e-4]
+    resumed = DecayOnceBelow(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3),
+                             monitor="val/bits_per_seq", below=0.1)
+    resumed.load_state_dict(scheduler.state_dict())  # a resumed run keeps decaying, even above the threshold
+    assert resumed.reached and resumed.last_epoch == 8
+
+
+def test_decay_once_below_reaches_lightning_with_its_monitor(tmp_path):
+    """LightningCLI hands a ReduceLROnPlateau its monitor: the config's scheduler steps on the validation cost."""
+    from lightning.pytorch.cli import LightningCLI
+
+    assert LightningCLI.configure_optimizers(None, opt := torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))]),
+                                             DecayOnceBelow(opt, monitor="val/x", below=1.0))[
+        "lr_scheduler"]["monitor"] == "val/x"
