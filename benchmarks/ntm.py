@@ -261,13 +261,20 @@ def seed_run(args, extra):
 
 def protocol(args, extra):
     """Every (setting, seed) as its own process, as many at a time as their threads fit in --cores; a run whose
-    JSON exists is not repeated (so a stopped protocol resumes); then the report."""
+    JSON exists is not repeated (so a stopped protocol resumes), nor one that another protocol on the same DIR
+    is running (so two machines, or two invocations, can share the work); then the report."""
     jobs = [(s, seed) for s in args.settings for seed in args.seeds]
     args.out.mkdir(parents=True, exist_ok=True)
     jobs = [(s, seed) for s, seed in jobs if not (args.out / f"{s.replace('/', '-')}_seed{seed}.json").exists()]
+    for s, seed in jobs:  # a run that stopped (its log untouched for 10 minutes; a live one logs every epoch)
+        log = args.out / f"{s.replace('/', '-')}_seed{seed}.log"  # starts again
+        if log.exists() and time.time() - log.stat().st_mtime > 600:
+            log.unlink()
     running, start = [], time.perf_counter()
     while jobs or running:
         free = args.cores - sum(parse_setting(s)[0] for s, _, _ in running)
+        jobs = [(s, seed) for s, seed in jobs  # another protocol on the same DIR may have run or be running it
+                if not (args.out / f"{s.replace('/', '-')}_seed{seed}.log").exists()]
         fits = [job for job in jobs if parse_setting(job[0])[0] <= free]
         if fits:
             setting, seed = fits[0]

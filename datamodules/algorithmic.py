@@ -89,17 +89,36 @@ class AlgorithmicTasks(Dataset):
     """An endless stream of training batches, addressed by index: batch ``i`` is drawn (its length uniformly from
     [min_length, max_length], then its bits) from a generator seeded by ``(seed, i)`` alone. So the stream is the
     same whatever is resumed, prefetched or split across processes: a run resumed from a checkpoint continues it
-    where it stopped (the loader's sampler says where), rather than starting it again."""
+    where it stopped (the loader's sampler says where), rather than starting it again.
 
-    def __init__(self, make_batch, min_length: int, max_length: int, seed: int):
+    With ``mixed_lengths`` every sequence of a batch draws its own length; the shorter ones are padded at the end
+    with blank steps, and a batch is (inputs, targets, mask): the targets on the inputs' time axis, each sequence's
+    at its own last steps, and the mask marking them (what the cost counts). A causal model's outputs on a
+    sequence's own steps do not depend on the padding after them, so each sequence is the task exactly."""
+
+    def __init__(self, make_batch, min_length: int, max_length: int, seed: int, mixed_lengths: bool = False,
+                 batch_size: int = 1):
         self.make_batch, self.min_length, self.max_length, self.seed = make_batch, min_length, max_length, seed
+        self.mixed_lengths, self.batch_size = mixed_lengths, batch_size
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
         # torch's CPU generator keeps only the low 32 bits of its seed, so (seed, i) is folded into 32 bits with
         # Knuth's multiplicative hash (seed 0 gives seed i, as before); seed * 2**40 + i lost the seed entirely
         generator = torch.Generator().manual_seed((self.seed * 2654435761 + i) % 2**32)
-        length = int(torch.randint(self.min_length, self.max_length + 1, (), generator=generator))
-        return self.make_batch(length, generator)
+        if not self.mixed_lengths:
+            length = int(torch.randint(self.min_length, self.max_length + 1, (), generator=generator))
+            return self.make_batch(length, generator)
+        lengths = torch.randint(self.min_length, self.max_length + 1, (self.batch_size,), generator=generator)
+        sequences = [self.make_batch(int(n), generator, 1) for n in lengths]
+        steps = max(x.shape[0] for x, _ in sequences)
+        inputs = sequences[0][0].new_zeros(steps, self.batch_size, sequences[0][0].shape[-1])
+        targets = sequences[0][1].new_zeros(steps, self.batch_size, sequences[0][1].shape[-1])
+        mask = torch.zeros(steps, self.batch_size, dtype=torch.bool)
+        for b, (x, y) in enumerate(sequences):
+            inputs[:len(x), b] = x[:, 0]
+            targets[len(x) - len(y):len(x), b] = y[:, 0]
+            mask[len(x) - len(y):len(x), b] = True
+        return inputs, targets, mask
 
 
 class EpochRange(EpochOrder, DistributedSampler):
@@ -118,7 +137,11 @@ class AlgorithmicTasksDataModule(L.LightningDataModule):
 
     Args:
         task: which task.
-        batch_size: sequences per batch (all of one length).
+        batch_size: sequences per batch.
+        mixed_lengths: draw every training sequence's length on its own, so that each step's gradient covers the
+            whole range of lengths (padded batches, see ``AlgorithmicTasks``); else one length per batch, which
+            costs fewer steps (a batch is as long as its own sequences) but gives each step one length's gradient.
+            Validation and test batches are one length each either way.
         min_length, max_length: training lengths: the copy length, the repeat-copy length, or the number of
             recall items.
         min_repeats, max_repeats: repeat copy's number of repeats (training and validation).
@@ -134,7 +157,8 @@ class AlgorithmicTasksDataModule(L.LightningDataModule):
     def __init__(self, task: Task = "copy", batch_size: int = 32, min_length: int = 1, max_length: int = 20,
                  min_repeats: int = 1, max_repeats: int = 10, width: int = 8, item_length: int = 3,
                  batches_per_epoch: int = 100, val_per_length: int = 32,
-                 test_lengths: Sequence[int] = (10, 20, 30, 50, 80, 120), test_per_length: int = 64, seed: int = 0):
+                 test_lengths: Sequence[int] = (10, 20, 30, 50, 80, 120), test_per_length: int = 64, seed: int = 0,
+                 mixed_lengths: bool = False):
         super().__init__()
         check_positive("data", batch_size=batch_size, width=width, item_length=item_length,
                        batches_per_epoch=batches_per_epoch, val_per_length=val_per_length, test_lengths=list(test_lengths),
@@ -196,7 +220,8 @@ class AlgorithmicTasksDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
         rank = self.trainer.global_rank if self.trainer is not None else 0
-        self.train_set = AlgorithmicTasks(self.make_batch, hp.min_length, hp.max_length, hp.seed + 1000 * rank)
+        self.train_set = AlgorithmicTasks(self.make_batch, hp.min_length, hp.max_length, hp.seed + 1000 * rank,
+                                          hp.mixed_lengths, hp.batch_size)
         self.val_batches = self._fixed_set(self.val_lengths, hp.val_per_length, hp.seed + 1)
         self.test_batches = self._fixed_set(self.test_lengths, hp.test_per_length, hp.seed + 2)
 

@@ -22,13 +22,17 @@ from lightning_models.train_logging import log_train_metrics
 LN2 = math.log(2)
 
 
-def sequence_cost(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_cost(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """The output phase's binary cross-entropy (in nats) and wrong bits, each summed per sequence: (B,), (B,).
-    ``logits`` span the whole sequence; the targets are its last T_out steps."""
+    ``logits`` span the whole sequence; the targets are its last T_out steps, or, with a ``mask`` (T, B) from a
+    batch of mixed lengths, span it too and count where the mask is set."""
     logits = logits[-targets.shape[0]:]
-    nats = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum((0, 2))
-    errors = ((logits > 0).float() != targets).float().sum((0, 2))
-    return nats, errors
+    nats = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    errors = ((logits > 0).float() != targets).float()
+    if mask is not None:
+        nats, errors = nats * mask.unsqueeze(-1), errors * mask.unsqueeze(-1)
+    return nats.sum((0, 2)), errors.sum((0, 2))
 
 
 class PerLengthCost(Metric):
@@ -109,8 +113,8 @@ class SequenceLearner(L.LightningModule):
         self._fit_start = time.perf_counter()
 
     def training_step(self, batch, batch_idx):
-        inputs, targets = batch
-        nats, errors = sequence_cost(self(inputs), targets)
+        inputs, targets, *mask = batch  # a mask comes with batches of mixed lengths (data.mixed_lengths)
+        nats, errors = sequence_cost(self(inputs), targets, *mask)
         loss = nats.mean()
         self.sequences_seen += len(nats) * self.trainer.world_size
         log_train_metrics(self, {"train/bits_per_seq": loss.detach() / LN2, "train/bit_errors": errors.mean(),

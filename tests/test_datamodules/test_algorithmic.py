@@ -99,3 +99,31 @@ def test_each_ddp_rank_trains_on_its_own_sequences_reproducibly_and_all_validate
     (train0, val0), (train1, val1), (again0, _) = first(0), first(1), first(0)
     assert torch.equal(train0, again0) and not (train0.shape == train1.shape and torch.equal(train0, train1))
     assert torch.equal(val0, val1)
+
+
+@pytest.mark.parametrize("task", ["copy", "repeat_copy", "associative_recall"])
+def test_mixed_length_batches_hold_each_sequence_as_its_task_padded_after_its_end(task):
+    dm = AlgorithmicTasksDataModule(task=task, batch_size=16, min_length=2, max_length=6, mixed_lengths=True, seed=3)
+    dm.setup("fit")
+    inputs, targets, mask = dm.train_set[5]
+    assert inputs.shape[:2] == targets.shape[:2] == mask.shape == (inputs.shape[0], 16)
+    again = dm.train_set[5]
+    assert all(torch.equal(a, b) for a, b in zip((inputs, targets, mask), again))  # the stream is indexed
+    ends = []
+    for b in range(16):
+        steps = mask[:, b].nonzero().flatten()
+        assert torch.equal(steps, torch.arange(steps[0], steps[-1] + 1))  # one block of output steps
+        end = int(steps[-1]) + 1
+        ends.append(end)
+        assert not inputs[end:, b].any() and not targets[~mask[:, b], b].any()  # blank padding, no targets
+        if task == "copy":  # L vectors, the delimiter at L, then the same L vectors as targets
+            n = len(steps)
+            assert inputs[n, b, -1] == 1 and torch.equal(targets[n + 1:2 * n + 1, b], inputs[:n, b, :-1])
+    assert len(set(ends)) > 1  # the lengths differ within the batch
+    assert max(ends) == inputs.shape[0]
+
+
+def test_one_length_per_batch_unless_mixed():
+    dm = AlgorithmicTasksDataModule(batch_size=4, seed=3)
+    dm.setup("fit")
+    assert len(dm.train_set[5]) == 2
