@@ -18,7 +18,7 @@
     python benchmarks/ntm.py seed --out DIR --seed S --setting 1/highest/compiled [-- dl4 arguments]
         one run: `dl4 fit` with a probe of every epoch (validation cost, learning rate, gradient norms before
         clipping per parameter group, the weightings' sharpness), then `dl4 test` on the final weights ->
-        DIR/<setting>_seed<S>.json.
+        DIR/<setting>_seed<S>.json, and the final weights as DIR/<setting>_seed<S>.pt (not committed).
     python benchmarks/ntm.py seeds-report --out DIR
         per run: the sequences until the validation cost first fell below --threshold, until it stayed below it to
         the end, the worst cost after first falling below, whether the last quarter of training stayed below, and
@@ -254,7 +254,9 @@ def seed_run(args, extra):
     result = {"config": str(args.config), "setting": args.setting, "seed": args.seed, "extra": extra,
               "threads": torch.get_num_threads(), "fit_seconds": timer.seconds, "epochs": probe.epochs,
               "test": {k: float(v) for k, v in test.items()}}
-    write_json(args.out / f"{args.setting.replace('/', '-')}_seed{args.seed}.json", result)
+    name = f"{args.setting.replace('/', '-')}_seed{args.seed}"
+    torch.save(run.model.state_dict(), args.out / f"{name}.pt")  # the final weights, to trace what it learned
+    write_json(args.out / f"{name}.json", result)
     print(f"{args.setting} seed {args.seed}: final validation cost {probe.epochs[-1]['val_bits']:.3f} bits, "
           f"{timer.seconds:.0f} s", flush=True)
 
