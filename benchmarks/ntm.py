@@ -153,6 +153,11 @@ def parse_setting(text: str) -> tuple[int, str, bool]:
                          f"(precision highest, high or medium; mode compiled or eager)") from None
 
 
+def run_name(setting: str, seed: int) -> str:
+    """A run's files in the protocol's folder: <name>.json, .log and .pt."""
+    return f"{setting.replace('/', '-')}_seed{seed}"
+
+
 def gradient_groups(net) -> dict[str, list[tuple[torch.Tensor, slice | None]]]:
     """The NTM's parameters by role, for per-group gradient norms: the controller, every head's addressing
     (key, beta, gate, shift, gamma rows of the head layer), the read heads' shift rows alone, the write heads'
@@ -240,7 +245,7 @@ class TrainingProbe(L.Callback):
 
 def seed_run(args, extra):
     """One seed in one setting, in this process: `dl4 fit` (no logger, no checkpoints, the probe), then `dl4 test`
-    on the final weights; writes OUT/<setting>_seed<S>.json."""
+    on the final weights; writes OUT/<setting>_seed<S>.json and the final weights as .pt."""
     threads, precision, compiled = parse_setting(args.setting)
     torch.set_num_threads(threads)
     run = build_run(args.config, [*QUIET, f"--seed_everything={args.seed}", f"--data.init_args.seed={args.seed}",
@@ -254,7 +259,7 @@ def seed_run(args, extra):
     result = {"config": str(args.config), "setting": args.setting, "seed": args.seed, "extra": extra,
               "threads": torch.get_num_threads(), "fit_seconds": timer.seconds, "epochs": probe.epochs,
               "test": {k: float(v) for k, v in test.items()}}
-    name = f"{args.setting.replace('/', '-')}_seed{args.seed}"
+    name = run_name(args.setting, args.seed)
     torch.save(run.model.state_dict(), args.out / f"{name}.pt")  # the final weights, to trace what it learned
     write_json(args.out / f"{name}.json", result)
     print(f"{args.setting} seed {args.seed}: final validation cost {probe.epochs[-1]['val_bits']:.3f} bits, "
@@ -267,16 +272,16 @@ def protocol(args, extra):
     is running (so two machines, or two invocations, can share the work); then the report."""
     jobs = [(s, seed) for s in args.settings for seed in args.seeds]
     args.out.mkdir(parents=True, exist_ok=True)
-    jobs = [(s, seed) for s, seed in jobs if not (args.out / f"{s.replace('/', '-')}_seed{seed}.json").exists()]
+    jobs = [(s, seed) for s, seed in jobs if not (args.out / f"{run_name(s, seed)}.json").exists()]
     for s, seed in jobs:  # a run that stopped (its log untouched for 10 minutes; a live one logs every epoch)
-        log = args.out / f"{s.replace('/', '-')}_seed{seed}.log"  # starts again
+        log = args.out / f"{run_name(s, seed)}.log"  # starts again
         if log.exists() and time.time() - log.stat().st_mtime > 600:
             log.unlink()
     running, start = [], time.perf_counter()
     while jobs or running:
         free = args.cores - sum(parse_setting(s)[0] for s, _, _ in running)
         jobs = [(s, seed) for s, seed in jobs  # another protocol on the same DIR may have run or be running it
-                if not (args.out / f"{s.replace('/', '-')}_seed{seed}.log").exists()]
+                if not (args.out / f"{run_name(s, seed)}.log").exists()]
         fits = [job for job in jobs if parse_setting(job[0])[0] <= free]
         if fits:
             setting, seed = fits[0]
@@ -284,7 +289,7 @@ def protocol(args, extra):
             threads = str(parse_setting(setting)[0])
             env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
                    "TORCHINDUCTOR_COMPILE_THREADS": "1"}
-            log = open(args.out / f"{setting.replace('/', '-')}_seed{seed}.log", "w")
+            log = open(args.out / f"{run_name(setting, seed)}.log", "w")
             command = [sys.executable, __file__, "seed", "--config", str(args.config), "--setting", setting,
                        "--seed", str(seed), "--out", str(args.out), *(["--"] + extra if extra else [])]
             running.append((setting, seed, subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)))
