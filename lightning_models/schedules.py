@@ -1,5 +1,6 @@
-"""Learning-rate schedules the papers use that ``torch.optim.lr_scheduler`` has no class for; each is a ``LambdaLR``
-(the rate is the base rate times a closed-form factor of the epoch, so a resumed run continues it exactly).
+"""Learning-rate schedules the papers use that ``torch.optim.lr_scheduler`` has no class for. Each of the epoch
+schedules is a ``LambdaLR`` (the rate is the base rate times a closed-form factor of the epoch, so a resumed run
+continues it exactly); ``DecayOnceBelow`` follows a validation metric, as ``ReduceLROnPlateau`` does.
 Give them in a config as ``lr_scheduler: {class_path: lightning_models.schedules.<Name>, init_args: ...}``."""
 
 from lightning.pytorch.cli import ReduceLROnPlateau
@@ -38,7 +39,7 @@ class DecayOnceBelow(ReduceLROnPlateau):
 
     On the NTM's copy task (docs/results/ntm.md, issue 18) it kept converged runs from relapsing but froze the
     runs that had stalled or relapsed at the threshold, with or without ``beta2=0.99``; what made every seed
-    converge was Adam's ``eps`` (1e-4). The experiments there use it, with the commands that rerun them.
+    of the compiled path converge was Adam's ``eps`` (1e-4). The experiments there use it, with the commands that rerun them.
     A ``ReduceLROnPlateau``, so that Lightning hands it the monitored value after each validation; give it as
     ``lr_scheduler: {class_path: lightning_models.schedules.DecayOnceBelow, init_args: {monitor: val/..., below: 0.1}}``."""
 
