@@ -14,11 +14,13 @@
         the multi-seed protocol: every seed (the initialisation's and the data's, --seed_everything and
         data.init_args.seed) in every floating-point setting (threads / float32_matmul_precision / compiled or
         eager step), each its own process (`seed` below), as many at a time as their threads fit in --cores; runs
-        already in DIR are kept, so a stopped protocol resumes. Then `seeds-report`.
+        already in DIR are kept, so a stopped protocol resumes, and with a larger -- --trainer.max_epochs=N
+        they continue to N epochs. Then `seeds-report`.
     python benchmarks/ntm.py seed --out DIR --seed S --setting 1/highest/compiled [-- dl4 arguments]
         one run: `dl4 fit` with a probe of every epoch (validation cost, learning rate, gradient norms before
         clipping per parameter group, the weightings' sharpness), then `dl4 test` on the final weights ->
-        DIR/<setting>_seed<S>.json, and the final weights as DIR/<setting>_seed<S>.pt (not committed).
+        DIR/<setting>_seed<S>.json, the final weights as DIR/<setting>_seed<S>.pt and a resumable .ckpt (neither
+        committed). Given a larger --trainer.max_epochs, a finished run continues from its .ckpt.
     python benchmarks/ntm.py seeds-report --out DIR
         per run: the sequences until the validation cost first fell below --threshold, until it stayed below it to
         the end, the worst cost after first falling below, whether the last quarter of training stayed below, and
@@ -38,6 +40,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import yaml
 
 from common import QUIET, Timer, build_run, report, write_json
 from datamodules.algorithmic import copy_batch
@@ -185,8 +188,9 @@ class TrainingProbe(L.Callback):
     cost and how sharp the read and write weightings are on fixed length-20 sequences (the mean over steps of the
     largest weight, 1 = one row, 1/N = uniform), for the input phase (writes) and the output phase (reads)."""
 
-    def __init__(self, sequences: int = 32):
-        self.sequences, self.epochs, self.steps = sequences, [], []
+    def __init__(self, sequences: int = 32, epochs: list | None = None, seconds: float = 0.0):
+        self.sequences, self.epochs, self.steps = sequences, epochs or [], []
+        self.offset = seconds  # a continued run's seconds so far
 
     def on_fit_start(self, trainer, pl_module):
         net = getattr(pl_module, "ntm", None) or pl_module.lstm
@@ -215,7 +219,7 @@ class TrainingProbe(L.Callback):
     def on_train_epoch_end(self, trainer, pl_module):  # the epoch's validation has run and logged by now
         metrics = trainer.callback_metrics
         record = {"epoch": trainer.current_epoch, "step": trainer.global_step,
-                  "sequences": int(pl_module.sequences_seen), "seconds": time.perf_counter() - self.start,
+                  "sequences": int(pl_module.sequences_seen), "seconds": self.offset + time.perf_counter() - self.start,
                   "val_bits": float(metrics["val/bits_per_seq"]),
                   "lr": trainer.optimizers[0].param_groups[0]["lr"],
                   "val_bits_by_length": {k.rsplit("len", 1)[1]: float(v) for k, v in metrics.items()
@@ -243,23 +247,45 @@ class TrainingProbe(L.Callback):
               f"{record['seconds']:.0f} s", flush=True)  # the run's log, to follow it
 
 
+def budget(config: Path, extra: list[str]) -> int:
+    """The epochs a protocol run trains for: the last --trainer.max_epochs in the extra arguments, else the
+    config's."""
+    given = [e.split("=", 1)[1] for e in extra if e.startswith("--trainer.max_epochs=")]
+    return int(given[-1]) if given else int(yaml.safe_load(config.read_text())["trainer"]["max_epochs"])
+
+
+def same_run(extra: list[str]) -> list[str]:
+    """The arguments that define a run, less its budget: a run continued to more epochs must match them."""
+    return [e for e in extra if not e.startswith("--trainer.max_epochs=")]
+
+
 def seed_run(args, extra):
-    """One seed in one setting, in this process: `dl4 fit` (no logger, no checkpoints, the probe), then `dl4 test`
-    on the final weights; writes OUT/<setting>_seed<S>.json and the final weights as .pt."""
+    """One seed in one setting, in this process: `dl4 fit` (no logger, the probe), then `dl4 test` on the final
+    weights; writes OUT/<setting>_seed<S>.json, the final weights as .pt and a resumable .ckpt. If the run is
+    there with fewer epochs than asked for (a larger --trainer.max_epochs), it continues from its .ckpt, the
+    probe's earlier epochs kept, as the longer run would have gone."""
     threads, precision, compiled = parse_setting(args.setting)
     torch.set_num_threads(threads)
+    name = run_name(args.setting, args.seed)
+    record, ckpt = args.out / f"{name}.json", args.out / f"{name}.ckpt"
+    earlier = json.loads(record.read_text()) if record.exists() and ckpt.exists() else None
+    if earlier and same_run(earlier["extra"]) != same_run(extra):
+        raise SystemExit(f"{record}: ran with {earlier['extra']}, not {extra}; continue it with the same "
+                         f"arguments (only --trainer.max_epochs may differ), or use another --out")
+    if earlier:
+        print(f"continuing {ckpt} from epoch {len(earlier['epochs'])}", flush=True)
     run = build_run(args.config, [*QUIET, f"--seed_everything={args.seed}", f"--data.init_args.seed={args.seed}",
                                   f"--float32_matmul_precision={precision}",
                                   f"--model.init_args.compile={str(compiled).lower()}", *extra])
-    probe = TrainingProbe()
+    probe = TrainingProbe(epochs=earlier and earlier["epochs"], seconds=earlier and earlier["fit_seconds"] or 0.0)
     run.trainer.callbacks.append(probe)
     with Timer() as timer:
-        run.trainer.fit(run.model, datamodule=run.datamodule)
+        run.trainer.fit(run.model, datamodule=run.datamodule, ckpt_path=earlier and str(ckpt) or None)
+    run.trainer.save_checkpoint(ckpt)  # to continue the run to a larger budget
     (test,) = run.trainer.test(run.model, datamodule=run.datamodule, verbose=False)
     result = {"config": str(args.config), "setting": args.setting, "seed": args.seed, "extra": extra,
-              "threads": torch.get_num_threads(), "fit_seconds": timer.seconds, "epochs": probe.epochs,
-              "test": {k: float(v) for k, v in test.items()}}
-    name = run_name(args.setting, args.seed)
+              "threads": torch.get_num_threads(), "fit_seconds": probe.offset + timer.seconds,
+              "epochs": probe.epochs, "test": {k: float(v) for k, v in test.items()}}
     torch.save(run.model.state_dict(), args.out / f"{name}.pt")  # the final weights, to trace what it learned
     write_json(args.out / f"{name}.json", result)
     print(f"{args.setting} seed {args.seed}: final validation cost {probe.epochs[-1]['val_bits']:.3f} bits, "
@@ -268,20 +294,27 @@ def seed_run(args, extra):
 
 def protocol(args, extra):
     """Every (setting, seed) as its own process, as many at a time as their threads fit in --cores; a run whose
-    JSON exists is not repeated (so a stopped protocol resumes), nor one that another protocol on the same DIR
-    is running (so two machines, or two invocations, can share the work); then the report."""
-    jobs = [(s, seed) for s in args.settings for seed in args.seeds]
+    JSON holds the budget's epochs is not repeated (so a stopped protocol resumes, and a larger budget continues
+    the runs), nor one that another protocol on the same DIR is running (its .running marker there and its log
+    written to in the last 10 minutes; a live run logs every epoch), so two machines, or two invocations, can
+    share the work; then the report."""
+    epochs = budget(args.config, extra)
+
+    def done(setting, seed):
+        record = args.out / f"{run_name(setting, seed)}.json"
+        return record.exists() and len(json.loads(record.read_text())["epochs"]) >= epochs
+
+    def live(setting, seed):
+        log = args.out / f"{run_name(setting, seed)}.log"
+        return (log.with_suffix(".running").exists() and log.exists()
+                and time.time() - log.stat().st_mtime < 600)
+
     args.out.mkdir(parents=True, exist_ok=True)
-    jobs = [(s, seed) for s, seed in jobs if not (args.out / f"{run_name(s, seed)}.json").exists()]
-    for s, seed in jobs:  # a run that stopped (its log untouched for 10 minutes; a live one logs every epoch)
-        log = args.out / f"{run_name(s, seed)}.log"  # starts again
-        if log.exists() and time.time() - log.stat().st_mtime > 600:
-            log.unlink()
+    jobs = [(s, seed) for s in args.settings for seed in args.seeds if not done(s, seed)]
     running, start = [], time.perf_counter()
     while jobs or running:
         free = args.cores - sum(parse_setting(s)[0] for s, _, _ in running)
-        jobs = [(s, seed) for s, seed in jobs  # another protocol on the same DIR may have run or be running it
-                if not (args.out / f"{run_name(s, seed)}.log").exists()]
+        jobs = [(s, seed) for s, seed in jobs if not done(s, seed) and not live(s, seed)]
         fits = [job for job in jobs if parse_setting(job[0])[0] <= free]
         if fits:
             setting, seed = fits[0]
@@ -289,7 +322,8 @@ def protocol(args, extra):
             threads = str(parse_setting(setting)[0])
             env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
                    "TORCHINDUCTOR_COMPILE_THREADS": "1"}
-            log = open(args.out / f"{run_name(setting, seed)}.log", "w")
+            (args.out / f"{run_name(setting, seed)}.running").touch()
+            log = open(args.out / f"{run_name(setting, seed)}.log", "a")  # a continued run's log goes on
             command = [sys.executable, __file__, "seed", "--config", str(args.config), "--setting", setting,
                        "--seed", str(seed), "--out", str(args.out), *(["--"] + extra if extra else [])]
             running.append((setting, seed, subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)))
@@ -297,6 +331,7 @@ def protocol(args, extra):
         time.sleep(2)
         for job in [job for job in running if job[2].poll() is not None]:
             running.remove(job)
+            (args.out / f"{run_name(job[0], job[1])}.running").unlink(missing_ok=True)
             print(f"{job[0]} seed {job[1]}: {'done' if job[2].returncode == 0 else 'FAILED'} "
                   f"({time.perf_counter() - start:.0f} s)", flush=True)
     protocol_report(args)
