@@ -19,8 +19,9 @@
     python benchmarks/ntm.py seed --out DIR --seed S --setting 1/highest/compiled [-- dl4 arguments]
         one run: `dl4 fit` with a probe of every epoch (validation cost, learning rate, gradient norms before
         clipping per parameter group, the weightings' sharpness), then `dl4 test` on the final weights ->
-        DIR/<setting>_seed<S>.json, the final weights as DIR/<setting>_seed<S>.pt and a resumable .ckpt (neither
-        committed). Given a larger --trainer.max_epochs, a finished run continues from its .ckpt.
+        DIR/<setting>_seed<S>.json, the final weights as DIR/<setting>_seed<S>.pt and, every epoch, a resumable
+        .ckpt (neither committed): a stopped run, or a finished one given a larger --trainer.max_epochs,
+        continues from it.
     python benchmarks/ntm.py seeds-report --out DIR
         per run: the sequences until the validation cost first fell below --threshold, until it stayed below it to
         the end, the worst cost after first falling below, whether the last quarter of training stayed below, and
@@ -188,9 +189,20 @@ class TrainingProbe(L.Callback):
     cost and how sharp the read and write weightings are on fixed length-20 sequences (the mean over steps of the
     largest weight, 1 = one row, 1/N = uniform), for the input phase (writes) and the output phase (reads)."""
 
-    def __init__(self, sequences: int = 32, epochs: list | None = None, seconds: float = 0.0):
-        self.sequences, self.epochs, self.steps = sequences, epochs or [], []
-        self.offset = seconds  # a continued run's seconds so far
+    def __init__(self, checkpoint: Path, arguments: list[str], sequences: int = 32):
+        self.checkpoint, self.arguments, self.sequences = checkpoint, arguments, sequences
+        self.epochs, self.steps, self.offset = [], [], 0.0  # offset: a continued run's seconds so far
+
+    def state_dict(self):  # in the run's checkpoint, so that a continued run keeps its earlier epochs
+        return {"epochs": self.epochs, "seconds": self.offset + time.perf_counter() - self.start,
+                "arguments": same_run(self.arguments)}
+
+    def load_state_dict(self, state):
+        if state["arguments"] != same_run(self.arguments):
+            raise SystemExit(f"{self.checkpoint}: ran with {state['arguments']}, not {same_run(self.arguments)}; "
+                             f"continue it with the same arguments (only --trainer.max_epochs may differ), or use "
+                             f"another --out")
+        self.epochs, self.offset = state["epochs"], state["seconds"]
 
     def on_fit_start(self, trainer, pl_module):
         net = getattr(pl_module, "ntm", None) or pl_module.lstm
@@ -243,6 +255,9 @@ class TrainingProbe(L.Callback):
             record["sharpness/read_output"] = float(trace["read_weights"][:, -out:].amax(-1).mean())
         self.epochs.append(record)
         self.steps = []
+        partial = self.checkpoint.with_suffix(".ckpt.partial")  # every epoch: a stopped run continues from here
+        trainer.save_checkpoint(partial)  # (written aside first, so that a stop mid-write keeps the last one)
+        os.replace(partial, self.checkpoint)
         print(f"epoch {record['epoch']}: validation {record['val_bits']:.3f} bits, lr {record['lr']:.2e}, "
               f"{record['seconds']:.0f} s", flush=True)  # the run's log, to follow it
 
@@ -261,27 +276,22 @@ def same_run(extra: list[str]) -> list[str]:
 
 def seed_run(args, extra):
     """One seed in one setting, in this process: `dl4 fit` (no logger, the probe), then `dl4 test` on the final
-    weights; writes OUT/<setting>_seed<S>.json, the final weights as .pt and a resumable .ckpt. If the run is
-    there with fewer epochs than asked for (a larger --trainer.max_epochs), it continues from its .ckpt, the
-    probe's earlier epochs kept, as the longer run would have gone."""
+    weights; writes OUT/<setting>_seed<S>.json and the final weights as .pt. The probe checkpoints the run at
+    every epoch's end (.ckpt, with its records), so a stopped run, or a finished one given a larger
+    --trainer.max_epochs, continues from there as the uninterrupted run would have gone."""
     threads, precision, compiled = parse_setting(args.setting)
     torch.set_num_threads(threads)
     name = run_name(args.setting, args.seed)
-    record, ckpt = args.out / f"{name}.json", args.out / f"{name}.ckpt"
-    earlier = json.loads(record.read_text()) if record.exists() and ckpt.exists() else None
-    if earlier and same_run(earlier["extra"]) != same_run(extra):
-        raise SystemExit(f"{record}: ran with {earlier['extra']}, not {extra}; continue it with the same "
-                         f"arguments (only --trainer.max_epochs may differ), or use another --out")
-    if earlier:
-        print(f"continuing {ckpt} from epoch {len(earlier['epochs'])}", flush=True)
+    ckpt = args.out / f"{name}.ckpt"
+    if ckpt.exists():
+        print(f"continuing {ckpt}", flush=True)
     run = build_run(args.config, [*QUIET, f"--seed_everything={args.seed}", f"--data.init_args.seed={args.seed}",
                                   f"--float32_matmul_precision={precision}",
                                   f"--model.init_args.compile={str(compiled).lower()}", *extra])
-    probe = TrainingProbe(epochs=earlier and earlier["epochs"], seconds=earlier and earlier["fit_seconds"] or 0.0)
+    probe = TrainingProbe(ckpt, extra)
     run.trainer.callbacks.append(probe)
     with Timer() as timer:
-        run.trainer.fit(run.model, datamodule=run.datamodule, ckpt_path=earlier and str(ckpt) or None)
-    run.trainer.save_checkpoint(ckpt)  # to continue the run to a larger budget
+        run.trainer.fit(run.model, datamodule=run.datamodule, ckpt_path=str(ckpt) if ckpt.exists() else None)
     (test,) = run.trainer.test(run.model, datamodule=run.datamodule, verbose=False)
     result = {"config": str(args.config), "setting": args.setting, "seed": args.seed, "extra": extra,
               "threads": torch.get_num_threads(), "fit_seconds": probe.offset + timer.seconds,
