@@ -33,6 +33,7 @@ import csv
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -285,14 +286,15 @@ def seed_run(args, extra):
     ckpt = args.out / f"{name}.ckpt"
     if ckpt.exists():
         print(f"continuing {ckpt}", flush=True)
-    run = build_run(args.config, [*QUIET, f"--seed_everything={args.seed}", f"--data.init_args.seed={args.seed}",
-                                  f"--float32_matmul_precision={precision}",
-                                  f"--model.init_args.compile={str(compiled).lower()}", *extra])
-    probe = TrainingProbe(ckpt, extra)
-    run.trainer.callbacks.append(probe)
-    with Timer() as timer:
-        run.trainer.fit(run.model, datamodule=run.datamodule, ckpt_path=str(ckpt) if ckpt.exists() else None)
-    (test,) = run.trainer.test(run.model, datamodule=run.datamodule, verbose=False)
+    with tempfile.TemporaryDirectory(prefix="ntm_seed_") as root:  # where dl4 saves a SIGTERM checkpoint; ours is .ckpt
+        run = build_run(args.config, [*QUIET, f"--seed_everything={args.seed}", f"--data.init_args.seed={args.seed}",
+                                      f"--float32_matmul_precision={precision}", f"--trainer.default_root_dir={root}",
+                                      f"--model.init_args.compile={str(compiled).lower()}", *extra])
+        probe = TrainingProbe(ckpt, extra)
+        run.trainer.callbacks.append(probe)
+        with Timer() as timer:
+            run.trainer.fit(run.model, datamodule=run.datamodule, ckpt_path=str(ckpt) if ckpt.exists() else None)
+        (test,) = run.trainer.test(run.model, datamodule=run.datamodule, verbose=False)
     result = {"config": str(args.config), "setting": args.setting, "seed": args.seed, "extra": extra,
               "threads": torch.get_num_threads(), "fit_seconds": probe.offset + timer.seconds,
               "epochs": probe.epochs, "test": {k: float(v) for k, v in test.items()}}
@@ -314,10 +316,12 @@ def protocol(args, extra):
         record = args.out / f"{run_name(setting, seed)}.json"
         return record.exists() and len(json.loads(record.read_text())["epochs"]) >= epochs
 
-    def live(setting, seed):
-        log = args.out / f"{run_name(setting, seed)}.log"
-        return (log.with_suffix(".running").exists() and log.exists()
-                and time.time() - log.stat().st_mtime < 600)
+    def live(setting, seed):  # .running holds "host pid": on this host the process must be alive
+        log, marker = (args.out / f"{run_name(setting, seed)}{suffix}" for suffix in (".log", ".running"))
+        if not marker.exists() or not log.exists() or time.time() - log.stat().st_mtime > 600:
+            return False
+        host, _, pid = marker.read_text().partition(" ")
+        return bool(pid) and (host != socket.gethostname() or Path(f"/proc/{pid.strip()}").exists())
 
     args.out.mkdir(parents=True, exist_ok=True)
     jobs = [(s, seed) for s in args.settings for seed in args.seeds if not done(s, seed)]
@@ -332,11 +336,11 @@ def protocol(args, extra):
             threads = str(parse_setting(setting)[0])
             env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
                    "TORCHINDUCTOR_COMPILE_THREADS": "1"}
-            (args.out / f"{run_name(setting, seed)}.running").touch()
             log = open(args.out / f"{run_name(setting, seed)}.log", "a")  # a continued run's log goes on
             command = [sys.executable, __file__, "seed", "--config", str(args.config), "--setting", setting,
                        "--seed", str(seed), "--out", str(args.out), *(["--"] + extra if extra else [])]
             running.append((setting, seed, subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)))
+            (args.out / f"{run_name(setting, seed)}.running").write_text(f"{socket.gethostname()} {running[-1][2].pid}")
             continue
         time.sleep(2)
         for job in [job for job in running if job[2].poll() is not None]:
