@@ -2,16 +2,19 @@
 and the results table, printed as Markdown and written as JSON so that a table in the docs can be regenerated
 and checked against its file."""
 
+import importlib
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 COMMAND = " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])  # before build_run clears sys.argv
 QUIET = ["--trainer.logger=false", "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false",
-         "--trainer.enable_model_summary=false", "--trainer.callbacks=[]"]
+         "--trainer.enable_model_summary=false", "--trainer.callbacks=[]"]  # (the config's weight averaging stays)
 
 
 def default_data_dir() -> str:
@@ -23,6 +26,22 @@ def default_data_dir() -> str:
     return os.environ["DL4_DATA_DIR"]
 
 
+def averaging_callbacks(config: str | Path) -> list[str]:
+    """The config's weight-averaging callbacks (they decide which weights validation and the test see), as dl4
+    arguments: QUIET drops the config's other callbacks (checkpoints, pictures), and build_run keeps these."""
+    from lightning.pytorch.callbacks import WeightAveraging
+
+    kept = []
+    for spec in (yaml.safe_load(Path(config).read_text()).get("trainer") or {}).get("callbacks") or []:
+        path = spec["class_path"] if isinstance(spec, dict) else spec
+        module, _, name = path.rpartition(".")
+        cls = getattr(importlib.import_module(module or "lightning.pytorch.callbacks"), name, None)
+        if isinstance(cls, type) and issubclass(cls, WeightAveraging):  # (a short name Lightning lacks: dl4 pictures)
+            kept += [f"--trainer.callbacks+={path}",
+                     *(f"--trainer.callbacks.{k}={v}" for k, v in (spec.get("init_args") or {}).items())]
+    return kept
+
+
 def build_run(config: str | Path | None, overrides: list[str] = ()):
     """The config's model, datamodule and trainer, built by the real CLI (``DL4CLI(run=False)``) with the
     runtime defaults of `dl4`; call ``cli.trainer.fit(cli.model, datamodule=cli.datamodule)`` on it."""
@@ -31,7 +50,11 @@ def build_run(config: str | Path | None, overrides: list[str] = ()):
     configure_runtime()
     default_data_dir()
     sys.argv = sys.argv[:1]  # the arguments are these, not the calling script's command line
-    args = (["--config", str(config)] if config else []) + list(overrides)
+    overrides = list(overrides)
+    if config and "--trainer.callbacks=[]" in overrides:  # QUIET: keep what decides the numbers
+        at = overrides.index("--trainer.callbacks=[]") + 1
+        overrides[at:at] = averaging_callbacks(config)
+    args = (["--config", str(config)] if config else []) + overrides
     return DL4CLI(args=args, run=False)
 
 

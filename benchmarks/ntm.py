@@ -17,8 +17,9 @@
         already in DIR are kept, so a stopped protocol resumes, and with a larger -- --trainer.max_epochs=N
         they continue to N epochs. Then `seeds-report`.
     python benchmarks/ntm.py seed --out DIR --seed S --setting 1/highest/compiled [-- dl4 arguments]
-        one run: `dl4 fit` (the config's weight averaging kept, its checkpoints and pictures dropped) with a probe of every epoch (validation cost, learning rate, gradient norms before
-        clipping per parameter group, the weightings' sharpness), then `dl4 test` on the final weights ->
+        one run: `dl4 fit` (the config's weight averaging kept, its checkpoints and pictures dropped) with a
+        probe of every epoch (validation cost, learning rate, gradient norms before clipping per parameter group,
+        the weightings' sharpness), then `dl4 test` on the final weights ->
         DIR/<setting>_seed<S>.json, the final weights as DIR/<setting>_seed<S>.pt and, every epoch, a resumable
         .ckpt (neither committed): a stopped run, or a finished one given a larger --trainer.max_epochs,
         continues from it.
@@ -30,7 +31,6 @@
 
 import argparse
 import csv
-import importlib
 import json
 import math
 import os
@@ -44,7 +44,6 @@ from pathlib import Path
 import lightning as L
 import torch
 import yaml
-from lightning.pytorch.callbacks import WeightAveraging
 
 from common import QUIET, Timer, build_run, report, write_json
 from datamodules.algorithmic import copy_batch
@@ -277,20 +276,6 @@ def same_run(extra: list[str]) -> list[str]:
     return [e for e in extra if not e.startswith("--trainer.max_epochs=")]
 
 
-def averaging_callbacks(config: Path) -> list[str]:
-    """The config's weight-averaging callbacks (what validation and the test see), as dl4 arguments: a protocol
-    run drops the config's other callbacks (checkpoints, pictures) with QUIET, and keeps these."""
-    kept = []
-    for spec in (yaml.safe_load(config.read_text()).get("trainer") or {}).get("callbacks") or []:
-        path = spec["class_path"] if isinstance(spec, dict) else spec
-        module, _, name = path.rpartition(".")
-        cls = getattr(importlib.import_module(module or "lightning.pytorch.callbacks"), name, None)
-        if isinstance(cls, type) and issubclass(cls, WeightAveraging):  # (a short name Lightning lacks: dl4 pictures)
-            kept += [f"--trainer.callbacks+={path}",
-                     *(f"--trainer.callbacks.{k}={v}" for k, v in (spec.get("init_args") or {}).items())]
-    return kept
-
-
 def seed_run(args, extra):
     """One seed in one setting, in this process: `dl4 fit` (no logger, no pictures, the config's weight averaging
     if any, the probe), then `dl4 test` on the final weights; writes OUT/<setting>_seed<S>.json and the final weights as .pt. The probe checkpoints the run at
@@ -305,8 +290,7 @@ def seed_run(args, extra):
     with tempfile.TemporaryDirectory(prefix="ntm_seed_") as root:  # where dl4 saves a SIGTERM checkpoint; ours is .ckpt
         run = build_run(args.config, [*QUIET, f"--seed_everything={args.seed}", f"--data.init_args.seed={args.seed}",
                                       f"--float32_matmul_precision={precision}", f"--trainer.default_root_dir={root}",
-                                      f"--model.init_args.compile={str(compiled).lower()}",
-                                      *averaging_callbacks(args.config), *extra])
+                                      f"--model.init_args.compile={str(compiled).lower()}", *extra])
         probe = TrainingProbe(ckpt, extra)
         run.trainer.callbacks.append(probe)
         with Timer() as timer:
