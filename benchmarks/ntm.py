@@ -278,9 +278,10 @@ def same_run(extra: list[str]) -> list[str]:
 
 def seed_run(args, extra):
     """One seed in one setting, in this process: `dl4 fit` (no logger, no pictures, the config's weight averaging
-    if any, the probe), then `dl4 test` on the final weights; writes OUT/<setting>_seed<S>.json and the final weights as .pt. The probe checkpoints the run at
-    every epoch's end (.ckpt, with its records), so a stopped run, or a finished one given a larger
-    --trainer.max_epochs, continues from there as the uninterrupted run would have gone."""
+    if any, the probe), then `dl4 test` on the final weights; writes OUT/<setting>_seed<S>.json and the final
+    weights as .pt. The probe checkpoints the run at every epoch's end (.ckpt, with its records), so a stopped
+    run, or a finished one given a larger --trainer.max_epochs, continues from there as the uninterrupted run
+    would have gone."""
     threads, precision, compiled = parse_setting(args.setting)
     torch.set_num_threads(threads)
     name = run_name(args.setting, args.seed)

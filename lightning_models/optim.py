@@ -13,8 +13,9 @@ class ClippedAdam(torch.optim.Adam):
     then the usual Adam step. Adam's step along a coordinate is lr * m_hat / (sqrt(v_hat) + eps): about lr while
     the gradient keeps its scale, but a lone gradient 1,000 times that scale still moves the coordinate by about
     25 lr over the next steps, as m forgets it ten times faster than v. Clipped, it moves it by about ``clip`` lr
-    (tests/test_lightning_models/test_optim.py). A norm clip (AutoClip, the Trainer's clip) cannot do this: it scales every coordinate alike, and
-    a spike concentrated in a few coordinates whose gradients had all but vanished keeps its full-size step there.
+    (tests/test_lightning_models/test_optim.py). A norm clip (AutoClip, the Trainer's clip) cannot do this: it
+    scales every coordinate alike, and a spike concentrated in a few coordinates whose gradients had all but
+    vanished keeps its full-size step there.
     Adafactor clips its update per tensor (Shazeer & Stern 2018, sec. 6) and StableAdamW scales the rate per
     tensor (Wortsman et al. 2023); neither is in torch.optim with Adam's momentum, hence this class. The first
     step, with no history, is Adam's.
