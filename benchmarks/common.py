@@ -37,8 +37,9 @@ def averaging_callbacks(config: str | Path) -> list[str]:
         module, _, name = path.rpartition(".")
         cls = getattr(importlib.import_module(module or "lightning.pytorch.callbacks"), name, None)
         if isinstance(cls, type) and issubclass(cls, WeightAveraging):  # (a short name Lightning lacks: dl4 pictures)
-            kept += [f"--trainer.callbacks+={path}",
-                     *(f"--trainer.callbacks.{k}={v}" for k, v in (spec.get("init_args") or {}).items())]
+            init_args = spec.get("init_args") or {} if isinstance(spec, dict) else {}
+            kept += [f"--trainer.callbacks+={path}",  # values as JSON: null, true and lists parse as the YAML did
+                     *(f"--trainer.callbacks.{k}={json.dumps(v)}" for k, v in init_args.items())]
     return kept
 
 
