@@ -7,11 +7,17 @@ resumes exactly.
   as ``last.ckpt`` and the run stops; ``dl4`` then exits with status 143.
 - ``RunState``: the global random number generators and the logger's run id go into every checkpoint, so a resumed
   run continues the same random streams, the same W&B run and the same checkpoint folder.
+
+And one a run asks for (in its config, or ``--trainer.callbacks+=TimeBudget --trainer.callbacks.seconds=N``):
+
+- ``TimeBudget``: a job with a wall-clock limit stops at the end of the last epoch that fits in it, with
+  ``last.ckpt`` written, so the next job resumes from it exactly.
 """
 
 import fcntl
 import os
 import random
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -163,6 +169,57 @@ class PreemptionCheckpoint(L.Callback):
                   f"Resume with the same command and --ckpt_path last (or --ckpt_path {path})")
         exception.code = (f"stopped by SIGTERM at step {trainer.global_step}, epoch {trainer.current_epoch}; saved "
                           f"{path}. {resume}")
+
+
+class TimeBudget(ModelCheckpoint):
+    """Stops training at the end of an epoch when the next epoch would not fit in ``seconds`` of this process's
+    wall time, and writes ``last.ckpt`` then, every ``every_n_epochs`` epochs and at the last epoch; a second job
+    with ``--ckpt_path last`` (and the same budget) continues where this one stopped.
+
+    The time counts from the callback's construction (so setting up, loading data and the sanity check count), and
+    the next epoch is taken to last as long as the longest epoch of this process so far, its checkpoint included.
+    Nothing of the budget goes into the checkpoint, so each job has its full budget. Lightning's ``Timer``
+    (``max_time``) is the other way round: it restores the time already spent from the checkpoint, so a resumed job
+    given the same limit stops at once, and it stops mid-epoch. Under DDP the ranks stop together (any rank's
+    clock decides). Use it in place of a ``ModelCheckpoint`` that keeps ``last.ckpt`` in the same folder.
+    """
+
+    def __init__(self, seconds: float, every_n_epochs: int = 1, dirpath: str | None = None):
+        if not seconds > 0 or every_n_epochs < 1:
+            raise ConfigError(f"TimeBudget: seconds must be positive and every_n_epochs at least 1, got {seconds} "
+                              f"and {every_n_epochs}")
+        # save_top_k=0: only last.ckpt; no version counter: a resumed job overwrites it rather than writing last-v1
+        super().__init__(dirpath=dirpath, save_last=True, save_top_k=0, every_n_epochs=every_n_epochs,
+                         enable_version_counter=False)
+        self.seconds = seconds
+        self._start = time.monotonic()
+        self._mark: float | None = None
+        self._longest_epoch = 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if self._mark is None:
+            self._mark = time.monotonic()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        now = time.monotonic()
+        self._longest_epoch = max(self._longest_epoch, now - self._mark)
+        self._mark = now
+        out_of_time = trainer.strategy.reduce_boolean_decision(now - self._start + self._longest_epoch > self.seconds,
+                                                               all=False)
+        epoch = trainer.current_epoch + 1
+        if out_of_time and epoch != trainer.max_epochs:
+            trainer.should_stop = True
+            if trainer.is_global_zero:
+                print(f"TimeBudget: stopping after epoch {epoch}: {now - self._start:.0f} s of {self.seconds:.0f} s "
+                      f"spent, and an epoch takes up to {self._longest_epoch:.0f} s. Resume with the same command "
+                      "and --ckpt_path last", flush=True)
+        if self._should_skip_saving_checkpoint(trainer):
+            return
+        if trainer.should_stop or epoch % self._every_n_epochs == 0 or epoch == trainer.max_epochs:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_validation_end(self, trainer, pl_module):
+        pass  # saves at the training epoch's end only, after the module's own epoch-end step (its schedulers)
 
 
 def collect_rng_states() -> dict:

@@ -408,3 +408,71 @@ def test_every_constructor_names_an_impossible_setting(case):
     build, message = _constructors()[case]
     with pytest.raises(ConfigError, match=re.escape(message)):
         build()
+
+
+# ---- 6. a job's time limit ---------------------------------------------------------------------------------------
+
+
+class _Regression(__import__("lightning").LightningModule):
+    """A fixed least-squares problem: the same data in the same order every epoch, so two runs can be compared."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Linear(4, 1)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.nn.functional.mse_loss(self.net(x), y)
+
+    def train_dataloader(self):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(64, 4, generator=g)
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True)), batch_size=8)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)
+
+
+def test_time_budget_stops_before_an_epoch_that_would_not_fit_and_the_next_job_resumes_exactly(tmp_path,
+                                                                                               monkeypatch):
+    """Every epoch takes 10 s on a fake clock. With 35 s, the job stops after epoch 3 (30 s spent, and a fourth
+    epoch would end at 40 s), writes last.ckpt then (and at epoch 2, every_n_epochs=2); a second job with its own 35
+    s runs epochs 4 and 5 from it and ends on the weights of one uninterrupted 5-epoch run."""
+    import lightning as L
+    from types import SimpleNamespace
+
+    import callbacks.faults
+    from callbacks import TimeBudget
+
+    clock = SimpleNamespace(now=0.0)
+    monkeypatch.setattr(callbacks.faults, "time", SimpleNamespace(monotonic=lambda: clock.now))
+    saved = []
+
+    class Tick(L.Callback):  # a plain callback: its epoch end runs before the checkpoint callbacks'
+        def on_train_epoch_end(self, trainer, pl_module):
+            clock.now += 10.0
+
+        def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+            saved.append(trainer.current_epoch + 1)
+
+    def job(max_epochs, ckpt_path=None):
+        clock.now = 0.0
+        budget = TimeBudget(seconds=35, every_n_epochs=2, dirpath=tmp_path / "ckpt")
+        trainer = L.Trainer(max_epochs=max_epochs, callbacks=[Tick(), budget], logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, default_root_dir=tmp_path)
+        torch.manual_seed(0)
+        model = _Regression()
+        trainer.fit(model, ckpt_path=ckpt_path)
+        return trainer, model
+
+    trainer, _ = job(max_epochs=10)
+    assert (trainer.current_epoch, saved) == (3, [2, 3])
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["last.ckpt"]
+    assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["global_step"] == 3 * 8
+    saved.clear()
+    trainer, resumed = job(max_epochs=5, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert (trainer.current_epoch, saved) == (5, [4, 5])  # epoch 5 is the last: saved although 5 % 2 != 0
+    monkeypatch.setattr(callbacks.faults, "time", SimpleNamespace(monotonic=lambda: 0.0))  # never out of time
+    _, whole = job(max_epochs=5)
+    for a, b in zip(resumed.parameters(), whole.parameters()):
+        assert torch.equal(a, b)
