@@ -28,9 +28,9 @@ PAPER = [("DBN", 138, 2), ("Stacked CAE", 121, 1.6), ("Deep GSN", 214, 1.1), ("A
 @torch.no_grad()
 def gan_samples(model: GAN, n: int, seed: int = 1) -> torch.Tensor:
     model.eval()
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)  # on the CPU: the same noise whatever the model's device
     z = sample_noise(n, model.noise_dim, model.hparams.prior, generator=g)
-    return torch.cat([model.generator(zb) for zb in z.split(1000)])
+    return torch.cat([model.generator(zb.to(model.device)) for zb in z.split(1000)])
 
 
 def main():
