@@ -97,8 +97,7 @@ def evaluate(path: Path, valid: torch.Tensor, test: torch.Tensor, device: torch.
     print(f"{path.name}: {r['mean']:.1f} +- {r['stderr']:.1f} nats (sigma {r['sigma']:.3f}, {timer.seconds:.1f} s)",
           flush=True)
     return {"path": str(path), "sigma": r["sigma"], "mean": r["mean"], "stderr": r["stderr"],
-            "samples": str(path.with_suffix(".samples.npy")), "epochs": epochs_done(path) if "last" in path.name
-            else int(path.stem.split("=")[-1]) + 1}
+            "samples": str(path.with_suffix(".samples.npy")), "epochs": epochs_done(path)}
 
 
 def main():
