@@ -56,7 +56,7 @@ def tokenize(sentence: str) -> list[str]:
     return WORD.findall(sentence.lower())
 
 
-RESTORE_BABI = f"Restore it from tasks_1-20_v1-2.tar.gz ({URL})."
+RESTORE_BABI = f"Delete it and run `dl4 data download babi`, which restores it from tasks_1-20_v1-2.tar.gz ({URL})."
 
 
 def _malformed(path: Path, line: int, why: str) -> CorruptDataError:
@@ -165,16 +165,17 @@ class BabiDataModule(L.LightningDataModule):
         """Downloads bAbI if asked, then checks the files this run reads against the published checksums, before
         the trainer starts a logger run."""
         if not self.folder.is_dir() and self.download:
-            from torchvision.datasets.utils import download_and_extract_archive
+            from datamodules.download import download_babi
 
-            download_and_extract_archive(URL, str(Path(self.data_dir) / "babi"))
+            download_babi(Path(self.data_dir))  # as `dl4 data download babi`: every file verified
         self._files("train"), self._files("test")
 
     def _files(self, split: str) -> dict[int, Path]:
         if not self.folder.is_dir():
             raise DatasetNotFoundError(
-                f"bAbI not found: looked for {self.folder.resolve()}. Unpack tasks_1-20_v1-2.tar.gz ({URL}) into "
-                f"{(Path(self.data_dir) / 'babi').resolve()}, point the data root at the folder holding "
+                f"bAbI not found: looked for {self.folder.resolve()}. Run `dl4 data download babi --root "
+                f"{Path(self.data_dir).resolve()}` (or unpack tasks_1-20_v1-2.tar.gz, {URL}, into "
+                f"{(Path(self.data_dir) / 'babi').resolve()}), point the data root at the folder holding "
                 f"babi/ (DL4_DATA_DIR=... or --data.init_args.data_dir=...), or set --data.init_args.download=true "
                 f"on a machine with internet.")
         files = {t: task_file(self.folder, t, split) for t in self.tasks}

@@ -22,28 +22,28 @@ MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-image
 
 def load_mnist(data_dir: str, train: bool, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The images (N, 28, 28) uint8 and labels (N,) int64 of one MNIST split, read by torchvision after its files
-    are verified (``datamodules/integrity.py``: the published SHA-256, the IDX headers and sizes, labels 0-9)."""
+    are verified (``datamodules/integrity.py``: the published SHA-256, the IDX headers and sizes, labels 0-9).
+    Missing files are fetched first if ``download`` (``datamodules/download.py``, as ``dl4 data download mnist``)."""
     raw = Path(data_dir) / "MNIST" / "raw"
     prefix = "train" if train else "t10k"
     images, labels = raw / f"{prefix}-images-idx3-ubyte", raw / f"{prefix}-labels-idx1-ubyte"
-    if images.is_file() and labels.is_file():  # else torchvision downloads them, or says they are missing
-        verify_mnist(images, labels, 60000 if train else 10000)
-    try:
-        ds = MNIST(data_dir, train=train, download=download)
-    except RuntimeError as err:  # torchvision: "Dataset not found" / "Error downloading"
-        why = "downloading it failed" if download else "downloading is disabled (download: false)"
+    if download and not (images.is_file() and labels.is_file()):
+        from datamodules.download import download_mnist
+
+        download_mnist(Path(data_dir))  # a DownloadError says what it tried and what to do
+    if not (images.is_file() and labels.is_file()):
         raise DatasetNotFoundError(
-            f"MNIST not found: looked for {', '.join(MNIST_FILES)} in {raw.resolve()} and {why}.\n"
-            f"Put the four IDX files (or their .gz) in that folder, point the data root at the folder holding "
-            f"MNIST/raw (DL4_DATA_DIR=... or --data.init_args.data_dir=...), or allow --data.init_args.download=true "
-            f"on a machine with internet. ({err})"
-        ) from None
+            f"MNIST not found: looked for {', '.join(MNIST_FILES)} in {raw.resolve()} and downloading is disabled "
+            f"(download: false).\nRun `dl4 data download mnist --root {Path(data_dir).resolve()}` (or put the four "
+            f"IDX files, or their .gz, in that folder), point the data root at the folder holding MNIST/raw "
+            f"(DL4_DATA_DIR=... or --data.init_args.data_dir=...), or allow --data.init_args.download=true.")
     verify_mnist(images, labels, 60000 if train else 10000)
+    ds = MNIST(data_dir, train=train, download=False)
     verify_labels(labels, ds.targets, RESTORE_MNIST)
     return ds.data, ds.targets
 
 
-RESTORE_MNIST = ("Delete it (and its .gz) and download MNIST again (--data.init_args.download=true), or unpack the "
+RESTORE_MNIST = ("Delete it (and its .gz) and download MNIST again (`dl4 data download mnist`), or unpack the "
                  "original train-/t10k-{images-idx3,labels-idx1}-ubyte.gz into that folder.")
 
 

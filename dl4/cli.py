@@ -296,7 +296,8 @@ EXIT_STATUS = {DatasetNotFoundError: 1, CorruptDataError: 1, ConfigError: 2, Div
 
 
 def main(args=None) -> None:
-    """``dl4 fit|validate|test|predict`` (LightningCLI) and ``dl4 sweep`` (``dl4/sweep.py``)."""
+    """``dl4 fit|validate|test|predict`` (LightningCLI), ``dl4 sweep`` (``dl4/sweep.py``) and ``dl4 data``
+    (``dl4/data.py``)."""
     configure_runtime()
     argv = list(sys.argv[1:] if args is None else args)
     try:
@@ -304,6 +305,10 @@ def main(args=None) -> None:
             from dl4 import sweep
 
             sys.exit(sweep.main(argv[1:]))
+        if argv[:1] == ["data"]:
+            from dl4 import data
+
+            sys.exit(data.main(argv[1:]))
         DL4CLI(args=args)
     except SIGTERMException as err:  # Lightning's (a SystemExit); PreemptionCheckpoint says what was saved
         print(f"dl4: {err.code or 'stopped by SIGTERM outside a training step; no checkpoint was written for it'}",
