@@ -14,18 +14,56 @@ CONFIGS = REPO / "configs"
 
 
 def _data_root() -> Path:
-    return Path(os.environ.get("DL4_DATA_DIR", REPO.parent / "shared" / "data")).resolve()
+    """``$DL4_DATA_DIR``, else the user's cache folder (``$DL4_CACHE_DIR``, default ``~/.cache/dl4``) ``/data``."""
+    if "DL4_DATA_DIR" in os.environ:
+        return Path(os.environ["DL4_DATA_DIR"]).resolve()
+    cache = os.environ.get("DL4_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dl4"
+    return Path(cache).resolve() / "data"
+
+
+def under_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+FETCHABLE = {"MNIST/": "mnist", "babi/": "babi"}  # the datasets `dl4 data download` fetches
+NOT_FETCHABLE = {"coco_sample/": "coco_sample is a 159-image sample of COCO 2017 (its captions_*.json and images) "
+                                 "that CI's data root holds; put a COCO-format folder of that name in the data root"}
+FETCH_FAILED: dict[str, str] = {}  # dataset -> why fetching it failed, tried once a session
+MISSING: dict[str, str] = {}  # what the skipped tests lacked, said once at the end (pytest_terminal_summary)
 
 
 def require_dataset(relative: str) -> Path:
-    """The data root if it holds ``relative``; else skip on a developer machine and fail under CI."""
+    """The data root if it holds ``relative``. Without ``DL4_DATA_DIR`` a fetchable dataset is fetched once into the
+    cache folder (``datamodules/download.py``, verified); if it cannot be, the test skips on a developer machine.
+    Under CI (``CI=true``) nothing is fetched and a missing dataset fails."""
     root = _data_root()
+    name = next((n for prefix, n in FETCHABLE.items() if relative.startswith(prefix)), None)
+    if not (root / relative).exists() and name and not under_ci() and "DL4_DATA_DIR" not in os.environ \
+            and name not in FETCH_FAILED:
+        from datamodules.download import DOWNLOADS
+
+        try:
+            print(f"fetching {name} into the test cache {root} (once; DL4_DATA_DIR=... uses a data root you have)")
+            DOWNLOADS[name](root)
+        except (OSError, ValueError) as err:  # DownloadError, CorruptDataError
+            FETCH_FAILED[name] = str(err)
     if not (root / relative).exists():
-        message = f"{root / relative} not found (set DL4_DATA_DIR to the folder holding it)"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        how = f"`dl4 data download {name} --root {root}` on a machine with internet" if name else next(
+            why for prefix, why in NOT_FETCHABLE.items() if relative.startswith(prefix))
+        message = f"{root / relative} not found: {how}, or set DL4_DATA_DIR to a folder holding it" + (
+            f" (fetching failed: {FETCH_FAILED[name]})" if name in FETCH_FAILED else "")
+        if under_ci():
             pytest.fail(f"CI must have its datasets: {message}")
-        pytest.skip(message)
+        MISSING[relative.split("/")[0]] = message
+        pytest.skip(f"{root / relative.split('/')[0]} missing: how to get it is under 'datasets missing' below")
     return root
+
+
+def pytest_terminal_summary(terminalreporter):
+    if MISSING:
+        terminalreporter.section("datasets missing: their tests were skipped")
+        for message in MISSING.values():
+            terminalreporter.write_line(message)
 
 
 @pytest.fixture(scope="session")

@@ -146,7 +146,7 @@ def test_an_unreachable_source_says_what_was_tried_in_one_line(tmp_path, monkeyp
     assert not (tmp_path / "MNIST" / "raw").exists() or not list((tmp_path / "MNIST" / "raw").iterdir())
 
 
-def babi_archive(babi_root, extra: dict[str, bytes] = {}) -> bytes:
+def babi_archive(babi_root, extra: dict[str, bytes] | None = None) -> bytes:
     """tasks_1-20_v1-2.tar.gz rebuilt from the real files (the copy here lacks en-10k's task 3 training file)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as tar:
@@ -154,7 +154,7 @@ def babi_archive(babi_root, extra: dict[str, bytes] = {}) -> bytes:
             path = babi_root / name
             if path.is_file():
                 tar.add(path, arcname=name.removeprefix("babi/"))
-        for name, body in extra.items():
+        for name, body in (extra or {}).items():
             info = tarfile.TarInfo(name.removeprefix("babi/"))
             info.size = len(body)
             tar.addfile(info, io.BytesIO(body))
@@ -204,3 +204,40 @@ def test_the_ntm_tasks_sets_are_written_from_the_seed_equal_to_the_datamodules(t
     listing = dl4_here("data", "list", "--seed", "3", "--root", tmp_path, cwd=tmp_path, monkeypatch=monkeypatch,
                        capture=capsys).stdout
     assert listing.count("generated, verified (regenerated from the seed)") == 3
+
+
+def test_the_suite_fetches_a_missing_dataset_into_its_cache_once_skips_without_network_and_fails_under_ci(
+        server, tmp_path, monkeypatch):
+    """The tests' data policy (``tests/conftest.py``'s ``require_dataset``) on a machine without DL4_DATA_DIR, as a
+    new user runs the suite: the data root is the cache folder (DL4_CACHE_DIR), the network the local server."""
+    from tests import conftest
+
+    class Reporter:  # pytest's terminal reporter, as far as pytest_terminal_summary uses it
+        lines = []
+        section = write_line = lines.append
+
+    monkeypatch.delenv("DL4_DATA_DIR")
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.setenv("DL4_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(conftest, "MISSING", {})
+    needed = "MNIST/raw/train-images-idx3-ubyte"
+    for mirror, failed in (("http://127.0.0.1:9", "Connection refused"), (server.url, None)):
+        monkeypatch.setenv("DL4_DATA_MIRROR", mirror)
+        monkeypatch.setattr(conftest, "FETCH_FAILED", {})
+        monkeypatch.setenv("CI", "true")
+        with pytest.raises(pytest.fail.Exception, match="CI must have its datasets"):
+            conftest.require_dataset(needed)
+        assert not server.requests  # CI never downloads
+        monkeypatch.delenv("CI")
+        if failed:  # no network: the tests skip, and the summary says once what is missing and how to get it
+            for _ in range(3):
+                with pytest.raises(pytest.skip.Exception):
+                    conftest.require_dataset(needed)
+            assert list(conftest.FETCH_FAILED) == ["mnist"] and failed in conftest.FETCH_FAILED["mnist"]
+            conftest.pytest_terminal_summary(Reporter)
+            assert len(Reporter.lines) == 2 and "dl4 data download mnist" in Reporter.lines[1]
+        else:
+            root = conftest.require_dataset(needed)
+            assert root == tmp_path / "cache" / "data" and len(check(root, "mnist")[0]) == 8
+            assert conftest.require_dataset("MNIST/raw/t10k-labels-idx1-ubyte") == root
+            assert len(server.requests) == 4  # fetched once
