@@ -92,8 +92,7 @@ def download(name: str, root: Path, seed: int, mirror: str | None) -> None:
     else:
         return print(f"  not fetched: {COCO_HOWTO}")
     where = root / DATASETS[name].rsplit(": ", 1)[1].split("/<")[0]
-    print(f"  {len(written)} file(s) written, the rest verified: {where}" if written else
-          f"  already there and verified: {where}")
+    print(f"  written and verified: {where}" if written else f"  already there and verified: {where}")
 
 
 def listing(root: Path, seed: int) -> list[str]:

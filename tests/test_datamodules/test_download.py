@@ -192,7 +192,7 @@ def test_the_ntm_tasks_sets_are_written_from_the_seed_equal_to_the_datamodules(t
 
     out = dl4_here("data", "download", "ntm-tasks", "--seed", "3", "--root", tmp_path, cwd=tmp_path,
                    monkeypatch=monkeypatch, capture=capsys)
-    assert out.returncode == 0 and "3 file(s) written" in out.stdout
+    assert out.returncode == 0 and "written and verified" in out.stdout
     saved = torch.load(tmp_path / "algorithmic" / "copy_seed3.pt", weights_only=True)
     dm = AlgorithmicTasksDataModule(**saved["settings"])
     dm.setup()
