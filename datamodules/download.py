@@ -73,7 +73,8 @@ def fetch(urls: list[str], dest: Path, expected: str | None, log=print) -> Path:
             tried.append(f"{url}: {getattr(err, 'reason', None) or err}")
             continue
         if expected is not None:
-            actual = hashlib.file_digest(open(part, "rb"), "sha256").hexdigest()
+            with open(part, "rb") as f:
+                actual = hashlib.file_digest(f, "sha256").hexdigest()
             if actual != expected:
                 part.unlink()
                 tried.append(f"{url}: not the published file (sha256 {actual[:16]}..., published {expected[:16]}...); "
@@ -125,6 +126,11 @@ def _install(source: Path, dest: Path, name: str, unpack) -> None:
     os.replace(part, dest)
 
 
+def _gunzip(source: Path, f) -> None:
+    with gzip.open(source) as packed:
+        shutil.copyfileobj(packed, f, CHUNK)
+
+
 def _refuse_corrupt(root: Path, corrupt: list[str]) -> None:
     if corrupt:  # the user's file is never replaced: it may be theirs on purpose
         raise CorruptDataError(f"{root / corrupt[0]}: not the published file ({len(corrupt)} such file(s): "
@@ -148,7 +154,7 @@ def download_mnist(root: Path, mirror: str | None = None, log=print) -> list[str
             fetch(urls, root / packed, PUBLISHED_SHA256[packed], log)
             written.append(packed)
         if raw in missing:
-            _install(root / packed, root / raw, raw, lambda src, f: shutil.copyfileobj(gzip.open(src), f, CHUNK))
+            _install(root / packed, root / raw, raw, _gunzip)
             written.append(raw)
     return written
 
