@@ -1,6 +1,9 @@
-"""Faults, through the real ``dl4`` console script: each case asserts the exit status, the one-line message and that
-nothing the user had was changed. The README's table "When things go wrong" lists them."""
+"""Faults, through dl4's entry point: each case asserts the exit status, the one-line message and that nothing the
+user had was changed. The README's table "When things go wrong" lists them. Signals, runs side by side and W&B go
+through the real ``dl4`` console script; the rest run ``dl4.cli.main`` in this process (``here``: the same exit
+status and output, without a new interpreter's 10 s of imports)."""
 
+import functools
 import os
 import re
 import signal
@@ -38,6 +41,12 @@ def _wait_for(path: Path, process, timeout=300):
         time.sleep(0.01)
 
 
+@pytest.fixture
+def here(monkeypatch, capfd):
+    """``here(*args, cwd=..., data_root=...)``: `dl4` by its entry point in this process (``conftest.dl4_here``)."""
+    return functools.partial(dl4_here, monkeypatch=monkeypatch, capture=capfd)
+
+
 def _snapshot(folder: Path) -> dict:
     return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -58,9 +67,9 @@ def _weights(ckpt: Path) -> dict:
 # ---- 1. divergence ----------------------------------------------------------------------------------------------
 
 
-def test_a_diverging_run_exits_3_naming_the_step_and_writes_no_checkpoint(tmp_path, mnist_root):
-    out = dl4("fit", "--config", CONFIGS / "ae_mnist.yaml", "--optimizer.init_args.lr=1e9", "--trainer.logger=false",
-              "--trainer.max_epochs=2", "--trainer.limit_train_batches=30", *FAST, cwd=tmp_path, data_root=mnist_root)
+def test_a_diverging_run_exits_3_naming_the_step_and_writes_no_checkpoint(here, tmp_path, mnist_root):
+    out = here("fit", "--config", CONFIGS / "ae_mnist.yaml", "--optimizer.init_args.lr=1e9", "--trainer.logger=false",
+               "--trainer.max_epochs=2", "--trainer.limit_train_batches=30", *FAST, cwd=tmp_path, data_root=mnist_root)
     line = _one_line_error(out, 3, "training diverged", "not finite at step", "epoch 0", "last good checkpoint")
     assert "test with" not in out.stdout  # the end-of-fit summary recommends nothing
     for ckpt in (tmp_path / "checkpoints").glob("*.ckpt"):
@@ -93,50 +102,51 @@ def ae_checkpoint(tmp_path_factory, mnist_root) -> Path:
     return folder / "checkpoints" / "last.ckpt"
 
 
-def _unusable_checkpoint(tmp_path, mnist_root, ckpt, config="ae_mnist.yaml", subcommand="test"):
+def _unusable_checkpoint(here, tmp_path, mnist_root, ckpt, config="ae_mnist.yaml", subcommand="test"):
     (tmp_path / "notes.txt").write_text("mine")
     before = _snapshot(tmp_path)
-    out = dl4(subcommand, "--config", CONFIGS / config, "--ckpt_path", ckpt, *FAST, cwd=tmp_path,
-              data_root=mnist_root)
+    out = here(subcommand, "--config", CONFIGS / config, "--ckpt_path", ckpt, *FAST, cwd=tmp_path,
+               data_root=mnist_root)
     assert _snapshot(tmp_path) == before  # no W&B run, no folder, nothing written
     return out
 
 
-def test_a_checkpoint_of_another_model_names_both_classes(tmp_path, mnist_root, ae_checkpoint):
+def test_a_checkpoint_of_another_model_names_both_classes(here, tmp_path, mnist_root, ae_checkpoint):
     """(validate, predict and fit --ckpt_path take the same path through DL4CLI._parse_ckpt_path)"""
-    out = _unusable_checkpoint(tmp_path, mnist_root, ae_checkpoint, "vae_mnist.yaml", "test")
+    out = _unusable_checkpoint(here, tmp_path, mnist_root, ae_checkpoint, "vae_mnist.yaml", "test")
     _one_line_error(out, 2, str(ae_checkpoint), "lightning_models.Autoencoder", "lightning_models.VAE")
 
 
 @pytest.mark.parametrize("kind", ["missing", "truncated", "not_lightning"])
-def test_an_unusable_checkpoint_file_is_named_before_any_run_is_created(kind, tmp_path, mnist_root, ae_checkpoint):
+def test_an_unusable_checkpoint_file_is_named_before_any_run_is_created(here, kind, tmp_path, mnist_root,
+                                                                       ae_checkpoint):
     bad = tmp_path / "bad.ckpt"
     if kind == "truncated":
         bad.write_bytes(ae_checkpoint.read_bytes()[:5000])
     elif kind == "not_lightning":
         torch.save({"weights": torch.zeros(2)}, bad)
-    out = _unusable_checkpoint(tmp_path, mnist_root, bad)
+    out = _unusable_checkpoint(here, tmp_path, mnist_root, bad)
     why = {"missing": "no such file", "truncated": "not a readable checkpoint",
            "not_lightning": "not a Lightning checkpoint"}[kind]
     _one_line_error(out, 2, str(bad), why)
 
 
-def test_the_checkpoint_settings_beat_the_config_and_command_line_flags_beat_both(tmp_path, mnist_root,
-                                                                                 ae_checkpoint):
+def test_the_checkpoint_settings_beat_the_config_and_command_line_flags_beat_both(here, tmp_path, mnist_root,
+                                                                                  ae_checkpoint):
     """Precedence: the checkpoint's code_dim 16 over the config's 32 (else its weights would not load); a
     --model flag over the checkpoint (here the loss, which the weights do not constrain); a flag that changes the
     network's shape is refused, naming the tensor."""
     common = ["test", "--config", CONFIGS / "ae_mnist.yaml", "--ckpt_path", ae_checkpoint, "--trainer.logger=false",
               "--trainer.limit_test_batches=2", *FAST]
-    out = dl4(*common, cwd=tmp_path, data_root=mnist_root)
+    out = here(*common, cwd=tmp_path, data_root=mnist_root)
     assert out.returncode == 0, out.stderr[-3000:]
     out_bce = out.stdout
-    out = dl4(*common, "--model.init_args.loss=mse", cwd=tmp_path, data_root=mnist_root)
+    out = here(*common, "--model.init_args.loss=mse", cwd=tmp_path, data_root=mnist_root)
     assert out.returncode == 0, out.stderr[-3000:]
     mse, bce = (float(re.search(r"test/recon\W+([-+.\deE]+)", text).group(1)) for text in (out.stdout, out_bce))
     assert 100 < mse < 0.5 * bce  # the squared error summed over 784 pixels, well below the cross-entropy
-    out = dl4(*common, "--model.init_args.encoder.init_args.code_dim=8", "--model.init_args.decoder.init_args.code_dim=8",
-              cwd=tmp_path, data_root=mnist_root)
+    out = here(*common, "--model.init_args.encoder.init_args.code_dim=8",
+               "--model.init_args.decoder.init_args.code_dim=8", cwd=tmp_path, data_root=mnist_root)
     _one_line_error(out, 2, "do not fit", "--model.* flag")
 
 
@@ -183,9 +193,8 @@ def _wait_for_glob(folder: Path, pattern: str, process, timeout=300):
     return found
 
 
-# one family per row: the config, the signal that interrupts it, and what shortens it
+# one family per row (the VAE for the autoencoders): the config, the signal that interrupts it, what shortens it
 RESUMES = {
-    "ae_mnist.yaml": (signal.SIGKILL, []),
     "vae_mnist.yaml": (signal.SIGTERM, []),  # dynamic binarisation and z ~ q(z|x): the global generator
     "gan_mnist.yaml": (signal.SIGKILL, ["--model.init_args.parzen_samples=100"]),  # dropout, noise, two players
     "ntm_copy.yaml": (signal.SIGTERM, ["--data.init_args.batches_per_epoch=8", "--model.init_args.compile=false"]),
@@ -263,7 +272,7 @@ def _copy_mnist(mnist_root: Path, to: Path) -> Path:
 
 
 @pytest.mark.parametrize("damage", ["one_pixel", "truncated"])
-def test_corrupt_mnist_fails_naming_the_file_before_any_run(damage, tmp_path, mnist_root):
+def test_corrupt_mnist_fails_naming_the_file_before_any_run(here, damage, tmp_path, mnist_root):
     raw = _copy_mnist(mnist_root, tmp_path / "data")
     path = raw / "train-images-idx3-ubyte"
     data = bytearray(path.read_bytes())
@@ -273,8 +282,8 @@ def test_corrupt_mnist_fails_naming_the_file_before_any_run(damage, tmp_path, mn
         data[100_000] ^= 0xFF
     path.write_bytes(bytes(data))
     (tmp_path / "work").mkdir()
-    out = dl4("fit", "--config", CONFIGS / "ae_mnist.yaml", "--data.init_args.download=false", *FAST,
-              cwd=tmp_path / "work", data_root=tmp_path / "data")
+    out = here("fit", "--config", CONFIGS / "ae_mnist.yaml", "--data.init_args.download=false", *FAST,
+               cwd=tmp_path / "work", data_root=tmp_path / "data")
     why = {"one_pixel": "not the published file", "truncated": "truncated or altered"}[damage]
     _one_line_error(out, 1, str(path), why, "download")
     assert list((tmp_path / "work").iterdir()) == []
@@ -302,22 +311,22 @@ def _copy_babi(babi_root: Path, to: Path) -> Path:
     return folder
 
 
-def test_an_altered_babi_file_fails_naming_it(tmp_path, babi_root):
+def test_an_altered_babi_file_fails_naming_it(here, tmp_path, babi_root):
     folder = _copy_babi(babi_root, tmp_path / "data")
     path = folder / "qa1_single-supporting-fact_train.txt"
     path.write_text(path.read_text().replace("bathroom", "kitchen", 1))
     (tmp_path / "work").mkdir()
-    out = dl4("fit", "--config", CONFIGS / "memn2n_babi.yaml", *FAST, cwd=tmp_path / "work",
-              data_root=tmp_path / "data")
+    out = here("fit", "--config", CONFIGS / "memn2n_babi.yaml", *FAST, cwd=tmp_path / "work",
+               data_root=tmp_path / "data")
     _one_line_error(out, 1, str(path), "not the published file", "tasks_1-20_v1-2.tar.gz")
     assert list((tmp_path / "work").iterdir()) == []
 
 
-def test_a_missing_file_of_the_all_tasks_vocabulary_is_an_error(tmp_path, babi_root):
+def test_a_missing_file_of_the_all_tasks_vocabulary_is_an_error(here, tmp_path, babi_root):
     folder = _copy_babi(babi_root, tmp_path / "data")
     (folder / "qa17_positional-reasoning_test.txt").unlink()
-    out = dl4("fit", "--config", CONFIGS / "memn2n_babi.yaml", "--data.init_args.vocabulary=all", *FAST,
-              cwd=tmp_path, data_root=tmp_path / "data")
+    out = here("fit", "--config", CONFIGS / "memn2n_babi.yaml", "--data.init_args.vocabulary=all", *FAST,
+               cwd=tmp_path, data_root=tmp_path / "data")
     _one_line_error(out, 1, "bAbI task 17 (test) not found", str(folder / "qa17_positional-reasoning_test.txt"))
 
 

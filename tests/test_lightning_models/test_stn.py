@@ -33,8 +33,8 @@ def test_st_cnn_learns_rts_and_zooms_in_and_beats_the_cnn_on_the_same_budget(mni
     assert st_accuracy > cnn_accuracy + 0.10, (st_accuracy, cnn_accuracy)
 
 
-def test_impossible_transformer_settings_are_one_line_errors_before_any_run(tmp_path, mnist_root):
-    from conftest import dl4
+def test_impossible_transformer_settings_are_one_line_errors_before_any_run(tmp_path, mnist_root, monkeypatch, capsys):
+    from conftest import dl4_here
 
     from lightning_models.errors import ConfigError
     from lightning_models.nn.stn import LocalisationCNN, SpatialTransformer
@@ -43,11 +43,12 @@ def test_impossible_transformer_settings_are_one_line_errors_before_any_run(tmp_
                             ({"size": (0, 28)}, "SpatialTransformer size")):
         with pytest.raises(ConfigError, match=message):
             SpatialTransformer(LocalisationCNN(42), 50, **{"transform": "tps", **kwargs})
-    for setting, message in (  # through dl4: the network's key and the data's
+    for setting, message in (  # through dl4's entry point: the network's key and the data's
             ("--model.init_args.transformer.init_args.transform=similarity",
              "SpatialTransformer transform must be affine, projective or tps, got 'similarity'"),
             ("--data.init_args.clutter_size=30", "data.clutter_size")):
-        out = dl4("fit", "--config", CONFIGS / "st_cnn_tps_rts_mnist.yaml", setting, cwd=tmp_path, data_root=mnist_root)
+        out = dl4_here("fit", "--config", CONFIGS / "st_cnn_tps_rts_mnist.yaml", setting, cwd=tmp_path,
+                       data_root=mnist_root, monkeypatch=monkeypatch, capture=capsys)
         assert out.returncode == 2, out.stderr[-2000:]
         (line,) = [line for line in out.stderr.splitlines() if line.startswith("dl4: error:")]
         assert message in line and "Traceback" not in out.stderr
