@@ -11,7 +11,7 @@ from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
 
 from callbacks import GANSamples, GANTrainingFigure, MomentumRamp, NoiseInterpolation
-from conftest import CONFIGS, assert_ddp_validation_is_one_process, build_from_config, ddp_fit, dl4
+from conftest import CONFIGS, assert_ddp_validation_is_one_process, build_from_config, ddp_fit, dl4_here
 from datamodules import MNISTDataModule, Toy1DDataModule
 from datamodules.mnist import load_mnist
 from lightning_models import GAN
@@ -103,14 +103,15 @@ def test_tail_split_is_the_papers_validation_set(mnist_root):
     assert torch.equal(dm.train_set.tensors[0][:, 0], x[:50000])
 
 
-def test_full_parzen_protocol_through_dl4_test(tmp_path, mnist_root):
+def test_full_parzen_protocol_through_dl4_test(tmp_path, mnist_root, monkeypatch, capfd):
     args = ["--config", CONFIGS / "gan_mnist.yaml", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
             f"--trainer.default_root_dir={tmp_path}"]
-    fit = dl4("fit", *args, "--trainer.max_epochs=1", "--trainer.limit_train_batches=5",
-              "--trainer.limit_val_batches=2", cwd=tmp_path, data_root=mnist_root)
+    here = {"cwd": tmp_path, "data_root": mnist_root, "monkeypatch": monkeypatch, "capture": capfd}
+    fit = dl4_here("fit", *args, "--trainer.max_epochs=1", "--trainer.limit_train_batches=5",
+                   "--trainer.limit_val_batches=2", **here)
     assert fit.returncode == 0, fit.stderr[-3000:]
-    test = dl4("test", *args, f"--ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}", "--model.test_samples=2000",
-               "--trainer.limit_test_batches=2", cwd=tmp_path, data_root=mnist_root)
+    test = dl4_here("test", *args, f"--ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}",
+                    "--model.test_samples=2000", "--trainer.limit_test_batches=2", **here)
     assert test.returncode == 0, test.stderr[-3000:]
     found = dict(re.findall(r"(test/parzen_\w+)\s+([-\d.]+)", test.stdout))
     assert set(found) == {"test/parzen_ll", "test/parzen_ll_stderr", "test/parzen_sigma"}

@@ -9,7 +9,7 @@ import yaml
 from lightning.pytorch.loggers import CSVLogger
 
 from callbacks import CopyGeneralisation, NTMMemoryTrace
-from conftest import CONFIGS, assert_ddp_validation_is_one_process, build_from_config, ddp_fit, dl4
+from conftest import CONFIGS, assert_ddp_validation_is_one_process, build_from_config, ddp_fit, dl4_here
 from datamodules import AlgorithmicTasksDataModule
 from lightning_models import NTM, LSTMBaseline
 from lightning_models.ntm import LN2, PerLengthCost, sequence_cost
@@ -157,16 +157,17 @@ def test_pictures_and_raw_arrays(tmp_path):
     assert set(np.load(npz).files) == {"inputs", "targets", "outputs"}
 
 
-def test_dl4_test_reports_every_generalisation_length(tmp_path):
+def test_dl4_test_reports_every_generalisation_length(tmp_path, monkeypatch, capfd):
     args = ["--config", CONFIGS / "ntm_copy.yaml", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
             f"--trainer.default_root_dir={tmp_path}", "--model.init_args.controller_size=16",
             "--model.init_args.memory_rows=32"]
-    fit = dl4("fit", *args, "--trainer.max_epochs=1", "--data.init_args.batches_per_epoch=2",
-              "--data.init_args.max_length=4", cwd=tmp_path)
+    here = {"cwd": tmp_path, "monkeypatch": monkeypatch, "capture": capfd}
+    fit = dl4_here("fit", *args, "--trainer.max_epochs=1", "--data.init_args.batches_per_epoch=2",
+                   "--data.init_args.max_length=4", **here)
     assert fit.returncode == 0, fit.stderr[-3000:]
     (ckpt,) = tmp_path.rglob("last.ckpt")
-    out = dl4("test", *args, "--ckpt_path", ckpt, "--data.init_args.test_lengths=[10,30]",
-              "--data.init_args.test_per_length=4", cwd=tmp_path)
+    out = dl4_here("test", *args, "--ckpt_path", ckpt, "--data.init_args.test_lengths=[10,30]",
+                   "--data.init_args.test_per_length=4", **here)
     assert out.returncode == 0, out.stderr[-3000:]
     for key in ("test/bits_per_seq_len10", "test/bit_errors_per_seq_len30"):
         assert key in out.stdout
