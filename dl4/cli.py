@@ -4,6 +4,7 @@
     dl4 test --config configs/vae_mnist.yaml --ckpt_path runs/dl4/<run>/checkpoints/last.ckpt
     dl4 fit --config configs/vae_mnist.yaml --print_config
     dl4 sweep sweeps/vae_mnist.yaml --count 20      (a W&B sweep without W&B's server: dl4/sweep.py)
+    dl4 data download                               (every dataset, verified, into the data root: dl4/data.py)
 
 Runs log to Weights & Biases, offline unless the user is logged in (WANDB_API_KEY or ~/.netrc) or sets
 WANDB_MODE; an offline run never touches the network and can be uploaded later with ``wandb sync``.

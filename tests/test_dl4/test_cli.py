@@ -9,7 +9,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import CONFIGS, dl4, dl4_here
+from conftest import CONFIGS, dl4, dl4_here, require_dataset
 from dl4.wandb_records import config as run_config
 from dl4.wandb_records import history
 
@@ -69,6 +69,8 @@ def test_config_trains_then_tests_from_its_checkpoint(config, tmp_path, mnist_ro
     validation batches, every picture callback drawing) writes a checkpoint (last.ckpt where the config keeps one);
     `dl4 test --ckpt_path` runs on it (once per model and datamodule class, ``TESTED``); and
     ``Model.load_from_checkpoint`` rebuilds the model, its networks from their class_path, with the same weights."""
+    if config == "vse_coco.yaml":  # CI's COCO sample, in the same data root
+        require_dataset("coco_sample/annotations/captions_val2017.json")
     common = ["--config", CONFIGS / config, "--trainer.logger=false", "--trainer.enable_progress_bar=false",
               f"--trainer.default_root_dir={tmp_path}", *DATA.get(config, lambda tmp: [])(tmp_path)]
     here = dict(cwd=tmp_path, data_root=mnist_root, monkeypatch=monkeypatch, capture=capfd)
