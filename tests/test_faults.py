@@ -199,7 +199,8 @@ RESUMES = {
     "gan_mnist.yaml": (signal.SIGKILL, ["--model.init_args.parzen_samples=100"]),  # dropout, noise, two players
     "ntm_copy.yaml": (signal.SIGTERM, ["--data.init_args.batches_per_epoch=8", "--model.init_args.compile=false"]),
     "memn2n_babi.yaml": (signal.SIGKILL, []),
-    "st_cnn_rts_mnist.yaml": (signal.SIGTERM, []),  # distortions drawn on the device every batch, dropout
+    "st_cnn_rts_mnist.yaml": (signal.SIGTERM, ["--data.init_args.batch_size=64",  # distortions drawn every batch,
+                                               "--data.init_args.eval_batch_size=250"]),  # dropout
 }
 
 
