@@ -58,11 +58,14 @@ def ntm_path(root: Path, config: str, seed: int) -> Path:
 def write_ntm_sets(root: Path, seed: int) -> list[str]:
     written = []
     for config in NTM_CONFIGS:
-        path = ntm_path(root, config, seed)
-        if path.is_file():
+        path, sets = ntm_path(root, config, seed), ntm_sets(config, seed)
+        if path.is_file():  # verified by regenerating it; a file that differs is the user's, and kept
+            if not _same_sets(torch.load(path, weights_only=True), sets):
+                raise ConfigError(f"{path}: not the sets configs/{config}.yaml gives with seed {seed} (written by "
+                                  f"another version or config); move or delete it, then run the same command again")
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(ntm_sets(config, seed), path.with_name(path.name + ".part"))
+        torch.save(sets, path.with_name(path.name + ".part"))
         os.replace(path.with_name(path.name + ".part"), path)
         written.append(str(path.relative_to(root)))
     return written

@@ -204,6 +204,11 @@ def test_the_ntm_tasks_sets_are_written_from_the_seed_equal_to_the_datamodules(t
     listing = dl4_here("data", "list", "--seed", "3", "--root", tmp_path, cwd=tmp_path, monkeypatch=monkeypatch,
                        capture=capsys).stdout
     assert listing.count("generated, verified (regenerated from the seed)") == 3
+    saved["test"][0][0][0, 0, 0] = 1 - saved["test"][0][0][0, 0, 0]  # one bit that the seed did not give
+    torch.save(saved, tmp_path / "algorithmic" / "copy_seed3.pt")
+    altered = dl4_here("data", "download", "ntm-tasks", "--seed", "3", "--root", tmp_path, cwd=tmp_path,
+                       monkeypatch=monkeypatch, capture=capsys)
+    assert altered.returncode == 1 and "copy_seed3.pt: not the sets configs/ntm_copy.yaml gives" in altered.stderr
 
 
 def test_the_suite_fetches_a_missing_dataset_into_its_cache_once_skips_without_network_and_fails_under_ci(
