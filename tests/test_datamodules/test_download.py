@@ -12,7 +12,7 @@ import torch
 
 from datamodules import BabiDataModule, MNISTDataModule
 from datamodules.download import MNIST_GZ, check, expected_files
-from tests.conftest import dl4_here
+from conftest import dl4_here
 
 
 class FileServer:
@@ -215,7 +215,7 @@ def test_the_suite_fetches_a_missing_dataset_into_its_cache_once_skips_without_n
         server, tmp_path, monkeypatch):
     """The tests' data policy (``tests/conftest.py``'s ``require_dataset``) on a machine without DL4_DATA_DIR, as a
     new user runs the suite: the data root is the cache folder (DL4_CACHE_DIR), the network the local server."""
-    from tests import conftest
+    import conftest
 
     class Reporter:  # pytest's terminal reporter, as far as pytest_terminal_summary uses it
         lines = []
