@@ -62,14 +62,15 @@ def is_published(path: Path, name: str) -> bool:
 
 
 def verify_published(path: Path, name: str, restore: str) -> None:
-    """``path`` must have the published SHA-256 of ``name`` (its path under the data root), if one is listed."""
+    """``path`` must have the published digest of ``name`` (its path under the data root), if one is listed."""
     expected = PUBLISHED_SHA256.get(name)
     if expected is None:
         return
     actual = fingerprint(path, expected)
     if actual != expected:
-        raise CorruptDataError(f"{path}: not the published file (sha256 {actual[:16]}..., published "
-                               f"{expected[:16]}...): it is corrupt, truncated or altered. {restore}")
+        kind, n = ("", 25) if expected.startswith("git-blob:") else ("sha256 ", 16)
+        raise CorruptDataError(f"{path}: not the published file ({kind}{actual[:n]}..., published {expected[:n]}...): "
+                               f"it is corrupt, truncated or altered. {restore}")
 
 
 IDX_MAGIC = {3: 2051, 1: 2049}  # images (n, rows, cols), labels (n,)

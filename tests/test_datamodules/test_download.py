@@ -246,3 +246,15 @@ def test_the_suite_fetches_a_missing_dataset_into_its_cache_once_skips_without_n
             assert root == tmp_path / "cache" / "data" and len(check(root, "mnist")[0]) == 8
             assert conftest.require_dataset("MNIST/raw/t10k-labels-idx1-ubyte") == root
             assert len(server.requests) == 4  # fetched once
+
+
+def test_the_one_babi_file_listed_by_its_git_blob_id_is_checked_by_it(babi_root, tmp_path):
+    """en-10k's task 3 training file has no SHA-256 on record, only its git blob id: an impostor (here the 1k file
+    of the same task) is refused before use, and the id is git's (``git hash-object``) for a file that has one."""
+    from datamodules.integrity import CorruptDataError, git_blob, verify_published
+
+    impostor = babi_root / "babi/tasks_1-20_v1-2/en/qa3_three-supporting-facts_train.txt"
+    with pytest.raises(CorruptDataError, match=r"not the published file \(git-blob:"):
+        verify_published(impostor, "babi/tasks_1-20_v1-2/en-10k/qa3_three-supporting-facts_train.txt", "Restore it.")
+    (tmp_path / "hello").write_bytes(b"hello\n")
+    assert git_blob(tmp_path / "hello") == "git-blob:ce013625030ba8dba906f756967f9e9ca394464a"
