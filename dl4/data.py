@@ -33,6 +33,8 @@ DATASETS = {
     "ntm-tasks": "generated from --seed: the NTM configs' fixed validation and test sets: algorithmic/<task>_seed<N>.pt",
     "coco": "MS-COCO 2014/2017 captions: not fetched (19 GB); how to get it is printed",
 }
+FOLDERS = {"mnist": "MNIST/raw", "babi": "babi/tasks_1-20_v1-2", "mnist-captions": "mnist_captions",
+           "ntm-tasks": "algorithmic"}  # where each lands in the data root
 COCO_HOWTO = ("get the images (train2017.zip, val2017.zip) and annotations_trainval2017.zip from "
               "https://cocodataset.org/#download, unzip them into one folder (annotations/captions_<split>.json, "
               "<split>/*.jpg) and give it as --data.init_args.root=... (configs/vse_coco.yaml)")
@@ -94,7 +96,7 @@ def download(name: str, root: Path, seed: int, mirror: str | None) -> None:
         written = write_ntm_sets(root, seed)
     else:
         return print(f"  not fetched: {COCO_HOWTO}")
-    where = root / DATASETS[name].rsplit(": ", 1)[1].split("/<")[0]
+    where = root / FOLDERS[name]
     print(f"  written and verified: {where}" if written else f"  already there and verified: {where}")
 
 
@@ -103,7 +105,7 @@ def listing(root: Path, seed: int) -> list[str]:
     lines = [f"data root: {root}"]
     for name in ("mnist", "babi"):
         verified, missing, corrupt = check(root, name)
-        where = root / DATASETS[name].rsplit(": ", 1)[1]
+        where = root / FOLDERS[name]
         if corrupt:
             state = f"CORRUPT: {len(corrupt)} file(s) not the published ones ({', '.join(corrupt[:2])}...)"
         elif not verified:
