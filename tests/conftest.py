@@ -185,3 +185,75 @@ def assert_ddp_validation_is_one_process(run: Path, config, *overrides: str, ski
     for key, value in compared.items():
         assert one[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
     return compared
+
+
+# --- the two tiers -------------------------------------------------------------------------------------------------
+# `python -m pytest` runs the fast tier (unit and equation tests, error messages, learning tests of seconds);
+# `python -m pytest --full` (what .ci/run runs) runs both. A test's tier follows from what it does, not from a list:
+# it is in the full tier if it, or a test helper it calls (a function defined under tests/, followed through), starts
+# a process or sends a signal (``STARTS_A_PROCESS``: the `dl4` console script, `ddp_fit`'s two DDP processes,
+# torchrun, a SLURM job, a W&B agent, a fresh virtual environment), or if it is marked `slow`: it trains for more than
+# about ten seconds on 2 cores (the mark says so next to the test, with its measured time in the docstring).
+STARTS_A_PROCESS = {("subprocess", name) for name in ("run", "Popen", "call", "check_call", "check_output")} | {
+    ("os", "kill"), ("os", "killpg"), ("signal", "raise_signal"), ("signal", "pthread_kill"), ("os", "fork"),
+    ("mp", "spawn"), ("multiprocessing", "Process"), ("torch.multiprocessing", "spawn")}
+TIERS: dict[str, str] = {}  # node id -> "fast" or "full", for every test collected (tests/test_tiers.py checks it)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--full", action="store_true",
+                     help="run the full tier too (processes, DDP, signals, W&B agents, sweeps, SLURM, long learning runs)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "fast: the fast tier (set by conftest.py from what the test does)")
+    config.addinivalue_line("markers", "full: the full tier, run with --full (set by conftest.py)")
+
+
+def _calls(function, seen=None) -> set[tuple[str, str]]:
+    """(module or object, attribute) pairs a function reads, such as ("subprocess", "run"), with those of the test
+    helpers it uses (functions defined under tests/), followed through nested functions and lambdas."""
+    import dis
+    import types
+
+    seen = set() if seen is None else seen
+    if function in seen or not isinstance(function, types.FunctionType):
+        return set()
+    seen.add(function)
+    pairs, helpers, codes = set(), set(), [function.__code__]
+    while codes:
+        code = codes.pop()
+        codes += [c for c in code.co_consts if isinstance(c, types.CodeType)]
+        owner = None
+        for ins in dis.get_instructions(code):
+            if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME", "LOAD_DEREF", "LOAD_FAST"):
+                owner = ins.argval
+                helpers.add(ins.argval)
+            elif ins.opname in ("LOAD_ATTR", "LOAD_METHOD") and owner is not None:
+                pairs.add((owner, ins.argval))
+                owner = f"{owner}.{ins.argval}"
+            else:
+                owner = None
+    for name in helpers:
+        helper = function.__globals__.get(name)
+        if isinstance(helper, types.FunctionType) and Path(helper.__code__.co_filename).is_relative_to(REPO / "tests"):
+            pairs |= _calls(helper, seen)
+    return pairs
+
+
+def tier(item) -> str:
+    """"full" if the test is marked slow or starts a process, else "fast"."""
+    if item.get_closest_marker("slow"):
+        return "full"
+    return "full" if _calls(getattr(item, "function", None)) & STARTS_A_PROCESS else "fast"
+
+
+def pytest_collection_modifyitems(config, items):
+    kept, deselected = [], []
+    for item in items:
+        TIERS[item.nodeid] = tier(item)
+        item.add_marker(TIERS[item.nodeid])
+        (kept if TIERS[item.nodeid] == "fast" or config.getoption("--full") else deselected).append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept

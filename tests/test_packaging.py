@@ -83,13 +83,22 @@ def test_build_context_is_small_and_holds_what_the_image_copies():
 
 @pytest.mark.slow
 def test_the_images_commands_after_its_base_run_in_a_fresh_virtual_environment(tmp_path):
-    """The Dockerfile's RUN steps, in order, in a new virtual environment standing in for the base image's Python
-    (it sees this machine's torch, torchvision and the other installed packages, as the image sees its own), with
-    its COPY steps done into a WORKDIR: the dependency step finds every requirement satisfied within the
+    """The Dockerfile's RUN steps, in order, in a new virtual environment standing in for the base image's Python,
+    with its COPY steps done into a WORKDIR: the dependency step finds every requirement satisfied within the
     constraints, and the package installs and `dl4 --help` runs. The apt-get and useradd steps need root on the
-    image's OS and are not run here."""
+    image's OS and are not run here.
+
+    The stand-in sees the packages of the Python running this test (torch, torchvision and the rest, as the image
+    sees its own) through a .pth file listing that Python's site-packages folders: the same wherever dl4 was
+    installed (a virtual environment, conda, the system Python). ``venv --system-site-packages`` would not do: from
+    inside a virtual environment it shows the *base* interpreter's packages, not the environment's."""
+    import site
+
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    (purelib,) = (venv / "lib").glob("python3*/site-packages")
+    outer = [p for p in dict.fromkeys([*site.getsitepackages(), site.getusersitepackages()]) if os.path.isdir(p)]
+    (purelib / "_outer_environment.pth").write_text("\n".join(outer) + "\n")
     workdir = tmp_path / "opt" / "dl4"
     workdir.mkdir(parents=True)
     env = {**os.environ, "PATH": f"{venv / 'bin'}:{os.environ['PATH']}", "VIRTUAL_ENV": str(venv),

@@ -210,13 +210,19 @@ def pairwise_ranking_loss(x: torch.Tensor, v: torch.Tensor, margin: float = 0.2,
 def retrieval_ranks(similarity: torch.Tensor, caption_image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """0-based ranks under the COCO protocol, from similarity (images, captions) and the image of each caption:
     image annotation, the rank of the best-ranked of an image's captions; image search, the rank of a caption's
-    image among all images."""
+    image among all images.
+
+    A tie counts against the query: a caption (image) of another image scoring *as high as* the right one ranks
+    above it. A model that scores everything alike therefore ranks last, not first (R@K = 0, at most chance), and
+    twin images (two images with the same captions) cannot both be found first: with a perfect model, each twin
+    of a pair ranks 1 in image search and 5 in image annotation (its twin's five captions tie with its own)."""
+    similarity = similarity.nan_to_num(nan=float("-inf"))  # a NaN score is the lowest: it finds nothing
     n_images = similarity.shape[0]
     own = caption_image[None, :] == torch.arange(n_images, device=similarity.device)[:, None]  # (images, captions)
     best_own = similarity.masked_fill(~own, float("-inf")).amax(1, keepdim=True)
-    image_to_text = (similarity > best_own).sum(1)       # captions of other images ranked above the best own one
+    image_to_text = ((similarity >= best_own) & ~own).sum(1)  # other images' captions ranked with or above it
     true = similarity.gather(0, caption_image[None, :])  # (1, captions)
-    text_to_image = (similarity > true).sum(0)
+    text_to_image = (similarity >= true).sum(0) - 1  # other images ranked with or above the caption's own
     return image_to_text, text_to_image
 
 

@@ -127,14 +127,19 @@ def test_per_task_error():
 
 
 def test_memn2n_learns_task_1(babi_root):  # noqa: F811
-    """Task 1 (1k), PE LS RN 3 hops, 5 epochs of linear start and 20 with the softmax: < 10% test error."""
+    """Task 1 (1k), PE LS RN 3 hops, 5 epochs of linear start and 20 with the softmax (about 8 s). The trivial model,
+    computed here on the same 1,000 test questions: always the most frequent training answer (a story-blind
+    answerer), about 83% wrong (six places). The bar: under 10% test error (the paper's PE LS RN: 0.0%)."""
     dm = BabiDataModule(str(babi_root), tasks=1)
     model = MemN2N(linear_start_epochs=5)
     trainer = L.Trainer(max_epochs=25, gradient_clip_val=40, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, dm)
     (result,) = trainer.test(model, dm, verbose=False)
-    assert result["test/error_task1"] < 10.0, result
+    train_answers, test_answers = dm.train_set.tensors[2], dm.test_set.tensors[2]
+    story_blind = 100 * (test_answers != train_answers.mode().values).float().mean().item()
+    assert story_blind > 70, story_blind
+    assert result["test/error_task1"] < 10.0, (result, story_blind)
     assert model.hparams.vocab_size == dm.vocab_size and bool(model.softmax)
 
 

@@ -62,14 +62,18 @@ def test_a_padded_batch_of_mixed_lengths_costs_what_each_sequence_costs_alone():
             assert errors[b] == own_errors[0]
 
 
+@pytest.mark.slow
 def test_ntm_learns_to_copy_short_sequences():
-    """600 steps of batch 32 on lengths 1-5 (about 30 s): random guessing makes 12 bit errors per sequence on
-    average (half of 8 x mean length 3); the NTM gets below 0.5. Measured: seed 0 reaches 0 by step 350."""
+    """600 steps of batch 32 on lengths 1-5 (about 30 s): the untrained NTM, validated here on the same sequences,
+    guesses (about 12 bit errors per sequence: half of 8 x mean length 3, and 24 bits); the trained one makes
+    under 0.5 bit errors and costs under 2 bits. Measured: seed 0 reaches 0 by step 350."""
     run = build_from_config(CONFIGS / "ntm_copy.yaml", "--model.init_args.controller_size=64",
                             "--model.init_args.memory_rows=16", "--model.init_args.clip_percentile=null",
                             "--model.init_args.compile=false", "--optimizer.init_args.lr=5e-3",
                             "--data.init_args.max_length=5")  # seed 0, the config's optimiser at a higher rate
     model, dm = run.model, run.datamodule
+    (untrained,) = trainer().validate(model, dm, verbose=False)
+    assert untrained["val/bit_errors_per_seq"] > 8 and untrained["val/bits_per_seq"] > 16, untrained
     fit = trainer(max_epochs=6, gradient_clip_val=10, limit_val_batches=0)
     fit.fit(model, dm)
     (result,) = trainer().validate(model, dm, verbose=False)
@@ -115,14 +119,25 @@ def test_convergence_is_logged_in_sequences_seen():
     assert fit.callback_metrics["val/sequences_to_converge"] == 5 * 8  # the first validation already counted
 
 
-def test_lstm_baseline_trains_on_every_task():
-    for task, width in (("copy", 8), ("repeat_copy", 8), ("associative_recall", 6)):
-        dm = AlgorithmicTasksDataModule(task=task, batch_size=4, min_length=2, max_length=3, width=width,
-                                        batches_per_epoch=3, val_per_length=2, max_repeats=3)
-        model = LSTMBaseline(dm.input_size, dm.output_size, hidden_size=16, num_layers=2)
-        fit = trainer(max_epochs=1)
-        fit.fit(model, dm)
-        assert torch.isfinite(fit.callback_metrics["val/bits_per_seq"])
+@pytest.mark.slow
+@pytest.mark.parametrize("task, width, fewer", [("copy", 8, 0.4), ("repeat_copy", 8, 0.15),
+                                                ("associative_recall", 6, 0.15)])
+def test_lstm_baseline_learns_every_task(task, width, fewer):
+    """1,000 steps of batch 32 on lengths 2-3 (LSTM of 128 units, 3-4 s a task): the validation cost falls below
+    the untrained network's, computed here on the same sequences (it is chance: about width x length bits, 20 for
+    copy). Measured, seeds 0 / 1 / 2, bits per sequence untrained -> trained: copy 20.0 -> 7.8 / 6.8 / 6.3 (61-69%
+    fewer), repeat copy 67.5 -> 51.2 / 42.7 / 45.6 (24-37% fewer), associative recall 18.0 -> 13.2 / 13.3 / 13.4
+    (26-27% fewer). The bars ask for 40%, 15% and 15% fewer."""
+    L.seed_everything(0, verbose=False)
+    dm = AlgorithmicTasksDataModule(task=task, batch_size=32, min_length=2, max_length=3, width=width,
+                                    batches_per_epoch=100, val_per_length=32, max_repeats=3)
+    model = LSTMBaseline(dm.input_size, dm.output_size, hidden_size=128, num_layers=1)
+    (untrained,) = trainer().validate(model, dm, verbose=False)
+    trainer(max_epochs=10).fit(model, dm)
+    (trained,) = trainer().validate(model, dm, verbose=False)
+    before, after = untrained["val/bits_per_seq"], trained["val/bits_per_seq"]
+    assert after < (1 - fewer) * before, (before, after)
+    assert trained["val/bit_errors_per_seq"] < untrained["val/bit_errors_per_seq"], (untrained, trained)
 
 
 def test_sizes_that_do_not_match_the_task_are_named():
@@ -160,7 +175,7 @@ def test_pictures_and_raw_arrays(tmp_path):
 def test_dl4_test_reports_every_generalisation_length(tmp_path, monkeypatch, capfd):
     args = ["--config", CONFIGS / "ntm_copy.yaml", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
             f"--trainer.default_root_dir={tmp_path}", "--model.init_args.controller_size=16",
-            "--model.init_args.memory_rows=32"]
+            "--model.init_args.memory_rows=32", "--model.init_args.compile=false"]  # compiled: test_cli's round trip
     here = {"cwd": tmp_path, "monkeypatch": monkeypatch, "capture": capfd}
     fit = dl4_here("fit", *args, "--trainer.max_epochs=1", "--data.init_args.batches_per_epoch=2",
                    "--data.init_args.max_length=4", **here)
@@ -176,13 +191,12 @@ def test_dl4_test_reports_every_generalisation_length(tmp_path, monkeypatch, cap
 def test_ddp_logs_pictures_from_rank_zero_only_and_validates_each_length_once(tmp_path):
     config = yaml.safe_load((CONFIGS / "ntm_copy.yaml").read_text())
     config["trainer"]["callbacks"] = [{"class_path": "NTMMemoryTrace", "init_args": {"every_n_steps": 2}}]
-    config["model"]["init_args"].update(controller_size=16, memory_rows=16)
+    config["model"]["init_args"].update(controller_size=16, memory_rows=16, compile=False)  # DDP is what is tested
     config["data"]["init_args"]["max_length"] = 5  # 5 validation batches, one per length: 3 on rank 0, 2 on rank 1
     (tmp_path / "ntm.yaml").write_text(yaml.safe_dump(config))
     run = ddp_fit(tmp_path / "ntm.yaml", tmp_path, None, "--trainer.limit_val_batches=1.0")
     # the whole validation set, each length once (Lightning's own sampler would repeat one for rank 1)
-    logged = assert_ddp_validation_is_one_process(run, tmp_path / "ntm.yaml", "--model.init_args.compile=false",
-                                                  val_batches="1.0")
+    logged = assert_ddp_validation_is_one_process(run, tmp_path / "ntm.yaml", val_batches="1.0")
     assert {"val/bits_per_seq", "val/bits_per_seq_len1", "val/bits_per_seq_len5"} <= logged.keys()
     assert len(list((run / "media" / "media_ntm_trace").glob("*.png"))) == 4  # steps 1, 3, 5, 7 of 8, rank 0
     metrics = (run / "metrics.csv").read_text()

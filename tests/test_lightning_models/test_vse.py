@@ -15,9 +15,11 @@ from lightning_models import VSE
 from lightning_models.nn.vse import CaptionDecoder, SentenceEncoder, SmallCNN
 from dl4.wandb_records import artifacts, history
 
+SEED = int(__import__("os").environ.get("VSE_SEED", 0))
+
 
 def _fit(config: str, root, mnist_root, steps: int, *overrides: str):
-    run = build_from_config(CONFIGS / config, f"--data.init_args.root={root}", f"--data.init_args.data_dir={mnist_root}",
+    run = build_from_config(CONFIGS / config, f"--seed_everything={SEED}", f"--data.init_args.root={root}", f"--data.init_args.data_dir={mnist_root}",
                             "--data.init_args.batch_size=64", *SIZE_ARGS, *overrides)
     trainer = L.Trainer(max_steps=steps, limit_val_batches=0, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
@@ -25,11 +27,39 @@ def _fit(config: str, root, mnist_root, steps: int, *overrides: str):
     return trainer, run
 
 
+@torch.no_grad()
+def caption_loss_with_own_and_other_images(model, dm, images, image_ids, split="test") -> tuple[float, float]:
+    """The decoder's teacher-forced loss (nats per word) on the split's captions, conditioned on each caption's own
+    image, and on another image (the images shifted by one): a decoder that ignores the image scores the same."""
+    captions = dm.all_captions(split)
+    row = {int(i): r for r, i in enumerate(image_ids)}
+    owner = torch.tensor([row[int(i)] for i in captions["image_id"]])
+    x = model.eval().image_codes(images)
+    other = (owner + 1) % len(image_ids)
+    return (model.caption_loss(x[owner], captions["tokens"]).item(),
+            model.caption_loss(x[other], captions["tokens"]).item())
+
+
+@pytest.mark.slow
 def test_vse_learns_retrieval_then_captions_on_its_frozen_embedding(captions_root, mnist_root, tmp_path):
-    """Stage 1, 150 steps of the embedding (batch 64) on 1,500 training images; on 101 test images and their 505
-    captions, chance is R@5 = 5% (text -> image) and about 5% (image -> text). Stage 2, 150 steps of the decoder
-    on that embedding, which stays as it was. Measured (seed 0, 1 thread, 70 s): R@5 66.3% image -> text and
-    79.2% text -> image, BLEU-1 72.7 after stage 2."""
+    """Stage 1, 150 steps of the embedding (batch 64) on 1,500 training images; stage 2, 150 steps of the decoder
+    on that embedding, which stays as it was (about 35 s). On the 101 test images and their 505 captions:
+
+    - Retrieval. The trivial models: chance (R@5 about 5% both ways), the untrained network (computed here), and
+      constant scores, which rank last (R@K = 0: a tie counts against the query). Measured, seeds 0 / 1 / 2:
+      untrained R@5 3.0 / 5.7% (image -> text / text -> image), trained 63.4 / 78.8, 60.4 / 78.8 and 71.3 / 84.8. Bar:
+      30 points above the untrained network both ways.
+    - Captions. At this budget the generated captions are not yet right: none states every digit, colour and
+      relation, and fewer name the right digits (2%) than the best fixed sentence does (5.9%), though BLEU-1 is
+      71 (the phrasing is learnt first; the results page's captions are 92% right after 40 + 10 epochs). What is
+      learnt is that the decoder reads the image: its teacher-forced loss on each caption given its own image,
+      against the same caption given another test image (what a decoder that ignores the image scores alike).
+      Measured, seeds 0 / 1 / 2: 0.972 / 1.925, 0.968 / 1.969 and 0.974 / 1.896 nats per word. Bar: 0.5 lower with
+      the caption's own image."""
+    untrained = build_from_config(CONFIGS / "vse_mnist_captions.yaml", f"--data.init_args.root={captions_root}",
+                                  f"--data.init_args.data_dir={mnist_root}", *SIZE_ARGS)
+    (chance,) = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False).test(
+        untrained.model, untrained.datamodule, verbose=False)
     trainer, run = _fit("vse_mnist_captions.yaml", captions_root, mnist_root, 150)
     # the config's optimizer trains the layers the model builds in setup (W_T and the output layer: the vocabulary's
     # size), which LightningCLI's own optimizer, built before setup, leaves out
@@ -37,8 +67,9 @@ def test_vse_learns_retrieval_then_captions_on_its_frozen_embedding(captions_roo
     assert {id(run.model.W_T.weight), id(run.model.out.weight)} <= optimised
     assert all(id(p) in optimised for p in run.model.parameters())
     retrieval = trainer.test(run.model, run.datamodule, verbose=False)[0]
-    assert retrieval["test/t2i_r5"] > 40, retrieval  # 8 x chance
-    assert retrieval["test/i2t_r5"] > 40, retrieval
+    for direction in ("i2t", "t2i"):
+        key = f"test/{direction}_r5"
+        assert retrieval[key] > chance[key] + 30, (direction, chance[key], retrieval[key])
     trainer.save_checkpoint(tmp_path / "embedding.ckpt")
     embedding = {k: v.clone() for k, v in run.model.state_dict().items() if k.startswith(VSE.EMBEDDING)}
     trainer, run = _fit("vse_mnist_captions_decoder.yaml", captions_root, mnist_root, 150,
@@ -49,7 +80,13 @@ def test_vse_learns_retrieval_then_captions_on_its_frozen_embedding(captions_roo
     after = run.model.state_dict()
     assert [k for k, v in embedding.items() if not torch.equal(after[k], v)] == []  # batch norm statistics too
     metrics = trainer.test(run.model, run.datamodule, verbose=False)[0]
-    assert metrics["test/bleu1"] > 50, metrics
+    dm, test_set = run.datamodule, run.datamodule.datasets["test"]
+    with torch.no_grad():
+        images = dm.on_after_batch_transfer({"images": test_set.source}, 0)["images"]
+    own, other = caption_loss_with_own_and_other_images(run.model, dm, images, test_set.split.image_ids)
+    print(f"VSE seed {SEED}: R@5 untrained {chance['test/i2t_r5']:.1f} / {chance['test/t2i_r5']:.1f}, trained "
+          f"{retrieval['test/i2t_r5']:.1f} / {retrieval['test/t2i_r5']:.1f}; caption loss {own:.3f} / {other:.3f}")
+    assert own < other - 0.5, (own, other)
     same = [k for k in retrieval if "i2t" in k or "t2i" in k]
     assert {k: metrics[k] for k in same} == {k: retrieval[k] for k in same}  # the same space
 

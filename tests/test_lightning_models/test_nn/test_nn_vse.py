@@ -1,5 +1,7 @@
 """The VSE blocks against the slides' equations and hand-made answers."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -45,6 +47,25 @@ def test_ranks_and_recall_on_a_hand_made_similarity_matrix():
     r = recall_at(i2t, (1, 2, 5))
     assert r["r1"] == pytest.approx(100 / 3) and r["r2"] == pytest.approx(200 / 3) and r["r5"] == 100
     assert r["median_rank"] == 2.0
+
+
+def test_ties_count_against_the_query_so_a_collapsed_model_finds_nothing():
+    """Constant (or NaN) scores, as from an embedding that maps everything to one point: every other caption and
+    image ties with the right one and ranks above it, so R@K is 0 (chance is K/1000 and about 5K/5000), not 100."""
+    owner = torch.arange(1000).repeat_interleave(5)
+    for sims in (torch.zeros(1000, 5000), torch.full((1000, 5000), float("nan"))):
+        i2t, t2i = retrieval_ranks(sims, owner)
+        assert i2t.tolist() == [4995] * 1000 and t2i.tolist() == [999] * 5000
+        for ranks, chance in ((i2t, lambda k: 100 * (1 - math.comb(4995, k) / math.comb(5000, k))),
+                              (t2i, lambda k: 100 * k / 1000)):
+            r = recall_at(ranks)
+            assert all(r[f"r{k}"] <= chance(k) for k in (1, 5, 10)) and r["r10"] == 0
+    # twins: images 0 and 1 with the same content, a perfect model scores 1 for its content's captions
+    owner = torch.tensor([0, 0, 1, 1, 2, 2])
+    content = torch.tensor([0, 0, 1])
+    perfect = (content[:, None] == content[owner][None, :]).float()
+    i2t, t2i = retrieval_ranks(perfect, owner)
+    assert i2t.tolist() == [2, 2, 0] and t2i.tolist() == [1, 1, 1, 1, 0, 0]
 
 
 def test_peephole_lstm_follows_equations_1_to_5_step_by_step():
