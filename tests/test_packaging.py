@@ -99,6 +99,11 @@ def test_the_images_commands_after_its_base_run_in_a_fresh_virtual_environment(t
     (purelib,) = (venv / "lib").glob("python3*/site-packages")
     outer = [p for p in dict.fromkeys([*site.getsitepackages(), site.getusersitepackages()]) if os.path.isdir(p)]
     (purelib / "_outer_environment.pth").write_text("\n".join(outer) + "\n")
+    import torch  # the stand-in's torch is this Python's, not its base interpreter's (which may have none)
+
+    seen = subprocess.run([str(venv / "bin" / "python"), "-c", "import torch; print(torch.__file__)"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert seen == torch.__file__, (seen, torch.__file__)
     workdir = tmp_path / "opt" / "dl4"
     workdir.mkdir(parents=True)
     env = {**os.environ, "PATH": f"{venv / 'bin'}:{os.environ['PATH']}", "VIRTUAL_ENV": str(venv),
