@@ -241,11 +241,26 @@ def _calls(function, seen=None) -> set[tuple[str, str]]:
     return pairs
 
 
+def _fixture_functions(item) -> list:
+    """The functions of the fixtures a test uses (those defined in its module or in this file)."""
+    import inspect
+
+    here = sys.modules[__name__]
+    found = []
+    for name in getattr(item, "fixturenames", ()):
+        definition = getattr(getattr(item, "module", None), name, None) or getattr(here, name, None)
+        if definition is not None and hasattr(definition, "__wrapped__"):  # a @pytest.fixture
+            found.append(inspect.unwrap(definition))
+    return found
+
+
 def tier(item) -> str:
-    """"full" if the test is marked slow or starts a process, else "fast"."""
+    """"full" if the test is marked slow, or if it or a fixture it uses starts a process; else "fast"."""
     if item.get_closest_marker("slow"):
         return "full"
-    return "full" if _calls(getattr(item, "function", None)) & STARTS_A_PROCESS else "fast"
+    seen = set()
+    uses = set().union(*(_calls(f, seen) for f in [getattr(item, "function", None), *_fixture_functions(item)]))
+    return "full" if uses & STARTS_A_PROCESS else "fast"
 
 
 def pytest_collection_modifyitems(config, items):

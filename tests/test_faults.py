@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -94,11 +95,16 @@ def test_a_checkpoint_with_non_finite_weights_is_never_written(tmp_path):
 @pytest.fixture(scope="module")
 def ae_checkpoint(tmp_path_factory, mnist_root) -> Path:
     """An Autoencoder checkpoint whose code is 16 wide (the config says 32)."""
+    from dl4.cli import main
+
     folder = tmp_path_factory.mktemp("ae")
-    out = dl4("fit", "--config", CONFIGS / "ae_mnist.yaml", "--trainer.logger=false", "--trainer.max_epochs=1",
+    with pytest.MonkeyPatch.context() as patch:  # dl4's entry point in this process (as dl4_here, module-wide)
+        patch.chdir(folder)
+        patch.setenv("DL4_DATA_DIR", str(mnist_root))
+        patch.setattr(sys, "argv", ["dl4"])
+        main(["fit", "--config", str(CONFIGS / "ae_mnist.yaml"), "--trainer.logger=false", "--trainer.max_epochs=1",
               "--trainer.limit_train_batches=2", "--model.init_args.encoder.init_args.code_dim=16",
-              "--model.init_args.decoder.init_args.code_dim=16", *FAST, cwd=folder, data_root=mnist_root)
-    assert out.returncode == 0, out.stderr[-3000:]
+              "--model.init_args.decoder.init_args.code_dim=16", *FAST])
     return folder / "checkpoints" / "last.ckpt"
 
 
@@ -205,9 +211,12 @@ RESUMES = {
 
 
 @pytest.mark.parametrize("config", sorted(RESUMES))
-def test_an_interrupted_and_resumed_run_ends_with_the_same_weights(config, tmp_path, mnist_root, babi_root):
+def test_an_interrupted_and_resumed_run_ends_with_the_same_weights(config, tmp_path, mnist_root, babi_root,
+                                                                   monkeypatch, capfd):
     """An uninterrupted run and one interrupted (SIGKILL: resumed from the epoch's last.ckpt; SIGTERM: from the
-    step it stopped at, mid-epoch) then resumed with --ckpt_path last, side by side: the same weights, bit for bit."""
+    step it stopped at, mid-epoch) then resumed with --ckpt_path last, side by side: the same weights, bit for bit.
+    The two runs are processes of their own (one is signalled, both run at once, each on one thread); the resumed
+    one runs through dl4's entry point in this process, on one thread too."""
     sig, extra = RESUMES[config]
     root = babi_root if config.startswith("memn2n") else mnist_root
     args = ["fit", "--config", CONFIGS / config, "--trainer.logger=false", "--trainer.max_epochs=2",
@@ -223,8 +232,13 @@ def test_an_interrupted_and_resumed_run_ends_with_the_same_weights(config, tmp_p
     stopped_at = torch.load(last, weights_only=True)["global_step"]
     steps_per_epoch = 16 if config.startswith("gan") else 8  # the GAN counts both players' steps
     assert stopped_at < 2 * steps_per_epoch  # interrupted before the end
-    resumed = subprocess.run(["dl4", *map(str, cut), "--ckpt_path", "last"], cwd=tmp_path,
-                             env=_env(root, threads=1), capture_output=True, text=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the runs it is compared with (OMP_NUM_THREADS=1): the same sums, the same bits
+    try:
+        resumed = dl4_here(*cut, "--ckpt_path", "last", cwd=tmp_path, data_root=root, monkeypatch=monkeypatch,
+                           capture=capfd)
+    finally:
+        torch.set_num_threads(threads)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _, err = whole.communicate(timeout=600)
     assert whole.returncode == 0, err[-3000:]
@@ -248,12 +262,14 @@ def test_concurrent_csv_runs_in_one_folder_get_their_own_versions(tmp_path, mnis
         assert (version / "checkpoints" / "last.ckpt").is_file()
 
 
-def test_a_second_run_into_the_same_checkpoint_folder_is_refused_while_the_first_runs(tmp_path, mnist_root):
+def test_a_second_run_into_the_same_checkpoint_folder_is_refused_while_the_first_runs(tmp_path, mnist_root,
+                                                                                      monkeypatch, capfd):
+    """The first run is a process of its own; the second, refused, runs through dl4's entry point here."""
     args = ["fit", "--config", CONFIGS / "ae_mnist.yaml", "--trainer.logger=false", *FAST]
     first = _popen([*args, "--trainer.max_epochs=20"], tmp_path, mnist_root, threads=1)  # killed below
     _wait_for(tmp_path / "checkpoints" / ".dl4.lock", first)
-    second = dl4(*args, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", cwd=tmp_path,
-                 data_root=mnist_root)
+    second = dl4_here(*args, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", cwd=tmp_path,
+                      data_root=mnist_root, monkeypatch=monkeypatch, capture=capfd)
     assert first.poll() is None  # the first run was still training while the second tried
     first.kill()
     first.communicate()

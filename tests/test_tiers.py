@@ -1,5 +1,9 @@
 """The two tiers (tests/conftest.py): every collected test is in exactly one, by the rule, not by a list."""
 
+import sys
+
+import pytest
+
 from conftest import TIERS, ddp_fit, dl4, dl4_here, tier
 
 
@@ -16,10 +20,11 @@ def test_every_collected_test_is_in_exactly_one_tier(request):
 
 
 class _Item:
-    """A stand-in for a collected test: its function and marks."""
+    """A stand-in for a collected test: its function, fixtures and marks."""
 
-    def __init__(self, function, slow=False):
-        self.function, self.slow = function, slow
+    def __init__(self, function, slow=False, fixturenames=()):
+        self.function, self.slow, self.fixturenames = function, slow, fixturenames
+        self.module = sys.modules[__name__]
 
     def get_closest_marker(self, name):
         return name == "slow" and self.slow or None
@@ -37,6 +42,11 @@ def _two_processes(tmp_path):
     return ddp_fit("x.yaml", tmp_path, None)
 
 
+@pytest.fixture
+def _a_run_in_another_process(tmp_path):
+    return dl4("fit", cwd=tmp_path)
+
+
 # looked up by name, so that the test below does not itself use what they use
 STAND_INS = {"in_process": _in_process, "console_script": _console_script, "two_processes": _two_processes}
 
@@ -46,3 +56,4 @@ def test_the_rule_follows_helpers_into_the_processes_they_start():
     assert tier(_Item(STAND_INS["console_script"])) == "full"  # conftest.dl4 -> subprocess.run
     assert tier(_Item(STAND_INS["two_processes"])) == "full"  # ddp_fit -> dl4 -> subprocess.run
     assert tier(_Item(STAND_INS["in_process"], slow=True)) == "full"
+    assert tier(_Item(STAND_INS["in_process"], fixturenames=["tmp_path", "_a_run_in_another_process"])) == "full"
