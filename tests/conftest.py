@@ -182,6 +182,9 @@ def assert_ddp_validation_is_one_process(run: Path, config, *overrides: str, ski
         (one,) = cli.trainer.validate(cli.model, cli.datamodule, ckpt_path=str(checkpoints[0]), verbose=False)
     compared = {k: v for k, v in ddp.items() if k in one}  # not those only fit logs (the NTM's val/sequences)
     assert compared, (sorted(ddp), sorted(one))
+    relative = {k: abs(one[k] - v) / max(abs(v), 1e-12) for k, v in compared.items()}
+    worst = max(relative, key=relative.get)
+    print(f"DDP against one process: largest relative difference {relative[worst]:.1e} ({worst})")  # with -s
     for key, value in compared.items():
         assert one[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
     return compared
@@ -208,6 +211,12 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     config.addinivalue_line("markers", "fast: the fast tier (set by conftest.py from what the test does)")
     config.addinivalue_line("markers", "full: the full tier, run with --full (set by conftest.py)")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # one of pytest-xdist's workers (`-n auto`): each runs its tests, and the processes they start, on one
+        # thread, so that N workers keep N cores busy. Two threads per worker on 2 cores made the suite no faster
+        # than one process (14.9 min against 11.7: the thread pools wait on each other), and one made it 8.1 min.
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
 
 
 def _calls(function, seen=None) -> set[tuple[str, str]]:

@@ -72,8 +72,9 @@ def test_slurm_job_saves_on_the_requeue_signal_and_on_preemption_then_the_requeu
     root = tmp_path / "runs" / "slurm-4242"
     with open(tmp_path / "first.log", "w") as log:
         job = subprocess.Popen(command, cwd=tmp_path, env=_env(mnist_root, **slurm), stdout=log, stderr=subprocess.STDOUT)
-        _wait_for(lambda: "Trainable params" in (tmp_path / "first.log").read_text(), job)
-        time.sleep(1.0)
+        # training is under way once the first validation (step 300) has written its best-epoch checkpoint: a fixed
+        # sleep after start-up can end before the first step on a loaded machine
+        _wait_for(lambda: any((tmp_path / "runs").rglob("best-*.ckpt")), job)
         job.send_signal(signal.SIGUSR1)
         _wait_for(lambda: (root / "hpc_ckpt_1.ckpt").is_file(), job)
         job.send_signal(signal.SIGTERM)
