@@ -3,6 +3,7 @@ DDP it draws once and its retrieval and caption numbers are the single-process o
 reach the offline W&B run."""
 
 import json
+import os
 from pathlib import Path
 
 import lightning as L
@@ -15,12 +16,13 @@ from lightning_models import VSE
 from lightning_models.nn.vse import CaptionDecoder, SentenceEncoder, SmallCNN
 from dl4.wandb_records import artifacts, history
 
-SEED = int(__import__("os").environ.get("VSE_SEED", 0))
+SEED = int(os.environ.get("VSE_SEED", 0))  # the seed of the learning test (its docstring: seeds 0, 1, 2)
 
 
 def _fit(config: str, root, mnist_root, steps: int, *overrides: str):
-    run = build_from_config(CONFIGS / config, f"--seed_everything={SEED}", f"--data.init_args.root={root}", f"--data.init_args.data_dir={mnist_root}",
-                            "--data.init_args.batch_size=64", *SIZE_ARGS, *overrides)
+    run = build_from_config(CONFIGS / config, f"--seed_everything={SEED}", f"--data.init_args.root={root}",
+                            f"--data.init_args.data_dir={mnist_root}", "--data.init_args.batch_size=64", *SIZE_ARGS,
+                            *overrides)
     trainer = L.Trainer(max_steps=steps, limit_val_batches=0, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(run.model, run.datamodule)
