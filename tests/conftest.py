@@ -130,10 +130,11 @@ def dl4(*args, cwd, data_root=None, timeout=300) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
-def dl4_here(*args, cwd, monkeypatch, capture, data_root=None) -> subprocess.CompletedProcess:
+def dl4_here(*args, cwd, monkeypatch, capture=None, data_root=None) -> subprocess.CompletedProcess:
     """`dl4` run by its entry point (``dl4.cli.main``) in this process: the same exit status and output as the
-    console script (``capture`` is pytest's ``capfd``, which sees Lightning's log lines too, or ``capsys``), without
-    a new interpreter's 8 s of imports. For runs that need no process of their own (no signals, no DDP, no W&B)."""
+    console script (``capture`` is pytest's ``capfd``, which sees Lightning's log lines too, or ``capsys``; without
+    one, the output is not kept), without a new interpreter's 8 s of imports. For runs that need no process of their
+    own (no signals, no DDP, no W&B). ``monkeypatch`` may be ``pytest.MonkeyPatch.context()``'s, in a fixture."""
     from dl4.cli import main
 
     monkeypatch.chdir(cwd)
@@ -142,14 +143,15 @@ def dl4_here(*args, cwd, monkeypatch, capture, data_root=None) -> subprocess.Com
     for key in [k for k in os.environ if k.startswith("WANDB_")]:
         monkeypatch.delenv(key)
     monkeypatch.setattr(sys, "argv", ["dl4"])
-    capture.readouterr()
+    if capture:
+        capture.readouterr()
     try:
         main([str(a) for a in args])
         status = 0
     except SystemExit as stop:
         status = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
-    out = capture.readouterr()
-    return subprocess.CompletedProcess(args, status, out.out, out.err)
+    out = capture.readouterr() if capture else None
+    return subprocess.CompletedProcess(args, status, out.out if out else "", out.err if out else "")
 
 
 def ddp_fit(config, tmp_path, data_root, *overrides: str) -> Path:
@@ -215,8 +217,9 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "full: the full tier, run with --full (set by conftest.py)")
     if os.environ.get("PYTEST_XDIST_WORKER"):
         # one of pytest-xdist's workers (`-n auto`): each runs its tests, and the processes they start, on one
-        # thread, so that N workers keep N cores busy. Two threads per worker on 2 cores made the suite no faster
-        # than one process (14.9 min against 11.7: the thread pools wait on each other), and one made it 8.1 min.
+        # thread, so that N workers keep N cores busy. On 2 cores (2026-12-07): one thread per worker, 8.1-9.3 min
+        # for the full suite; one process, 11.7; two threads per worker, 14.9 (their thread pools wait on each
+        # other), with a timing test failing.
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
         torch.set_num_threads(1)
 

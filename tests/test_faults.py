@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -95,16 +94,13 @@ def test_a_checkpoint_with_non_finite_weights_is_never_written(tmp_path):
 @pytest.fixture(scope="module")
 def ae_checkpoint(tmp_path_factory, mnist_root) -> Path:
     """An Autoencoder checkpoint whose code is 16 wide (the config says 32)."""
-    from dl4.cli import main
-
     folder = tmp_path_factory.mktemp("ae")
-    with pytest.MonkeyPatch.context() as patch:  # dl4's entry point in this process (as dl4_here, module-wide)
-        patch.chdir(folder)
-        patch.setenv("DL4_DATA_DIR", str(mnist_root))
-        patch.setattr(sys, "argv", ["dl4"])
-        main(["fit", "--config", str(CONFIGS / "ae_mnist.yaml"), "--trainer.logger=false", "--trainer.max_epochs=1",
-              "--trainer.limit_train_batches=2", "--model.init_args.encoder.init_args.code_dim=16",
-              "--model.init_args.decoder.init_args.code_dim=16", *FAST])
+    with pytest.MonkeyPatch.context() as patch:
+        out = dl4_here("fit", "--config", CONFIGS / "ae_mnist.yaml", "--trainer.logger=false", "--trainer.max_epochs=1",
+                       "--trainer.limit_train_batches=2", "--model.init_args.encoder.init_args.code_dim=16",
+                       "--model.init_args.decoder.init_args.code_dim=16", *FAST, cwd=folder, data_root=mnist_root,
+                       monkeypatch=patch)
+    assert out.returncode == 0
     return folder / "checkpoints" / "last.ckpt"
 
 

@@ -71,8 +71,8 @@ DATA = {"vse_mnist_captions.yaml": lambda tmp: [f"--data.init_args.root={tmp}/mn
 
 # the NTM compiles its time step; ntm_copy.yaml's round trip tests that under `dl4 fit` and `dl4 test`, and the other
 # two NTM configs (the same step, other tasks) run eagerly: compiling each costs 10-30 s and tests nothing new
-for _config in ("ntm_associative_recall.yaml", "ntm_repeat_copy.yaml"):
-    DATA[_config] = lambda tmp: ["--model.init_args.compile=false"]
+DATA |= dict.fromkeys(["ntm_associative_recall.yaml", "ntm_repeat_copy.yaml"],
+                      lambda tmp: ["--model.init_args.compile=false"])
 
 # configs whose round trip through the console script another test makes
 ELSEWHERE = {"vse_mnist_captions_decoder.yaml": "stage 2 needs stage 1's checkpoint: tests/test_lightning_models/"
