@@ -24,14 +24,15 @@ def accuracy_after(config: str, steps: int = 150):
 @pytest.mark.slow
 def test_st_cnn_learns_rts_and_zooms_in_and_beats_the_cnn_on_the_same_budget(mnist_root):
     """The baseline, trained here on the same budget and scored on the same 2,000 digits: the CNN without a
-    transformer (what an ST-CNN whose transformer stays at the identity amounts to; chance is 10%). Measured, the
-    configs as they are, seeds 0 / 1 / 2: ST-CNN 75.9 / 68.4 / 85.4% with mean scale 0.68 / 0.71 / 0.66, CNN 54.5 /
-    34.1 / 52.4% (margins 21.4 / 34.3 / 33.0 points); on 2026-12-02's CI-like machine (another CPU, other float
-    rounding) seed 0 gave 75.7% and 60.8% (14.9 points). The bars sit under the lowest of those four runs: ST-CNN
-    over 60%, 10 points over the CNN, and a scale under 0.8 (the identity's is exactly 1)."""
+    transformer (chance is 10%). Measured, the configs as they are (``--seed_everything=S``), ST-CNN / CNN:
+    2026-12-07 on this 2-core machine, seeds 0 / 1 / 2: 79.9 / 60.7, 81.6 / 42.4, 77.5 / 56.7% (margins 19.2 / 39.2 /
+    20.7 points, scales 0.68 / 0.65 / 0.71); an earlier day's seeds 0 / 1 / 2: 75.9 / 54.5, 68.4 / 34.1, 85.4 / 52.4%;
+    2026-12-02's CI-like machine, seed 0: 75.7 / 60.8% (14.9 points). An ST-CNN whose transformer is frozen at the
+    identity scores 59.1% with scale 1.0. The bars sit under the lowest of those seven runs and over the CNN's best
+    and the frozen transformer: ST-CNN over 65%, 10 points over the CNN, a scale under 0.8 (the identity's is 1)."""
     st_accuracy, scale = accuracy_after("st_cnn_rts_mnist.yaml")
     cnn_accuracy, _ = accuracy_after("cnn_rts_mnist.yaml")
-    assert st_accuracy > 0.6, st_accuracy
+    assert st_accuracy > 0.65, st_accuracy
     assert scale < 0.8, scale  # it samples a smaller region than the 42 x 42 canvas: the digit
     assert st_accuracy > cnn_accuracy + 0.10, (st_accuracy, cnn_accuracy)
 
