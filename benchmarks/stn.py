@@ -67,7 +67,7 @@ def train_one(name: str, distortion: str, args, extra: list[str]) -> dict:
                       f"({time.perf_counter() - self.start:.0f} s)", flush=True)
 
     config, overrides = config_for(name, distortion)
-    cosine = ('--lr_scheduler={"class_path": "torch.optim.lr_scheduler.CosineAnnealingLR", '
+    cosine = ('--model.init_args.lr_scheduler={"class_path": "torch.optim.lr_scheduler.CosineAnnealingLR", '
               f'"init_args": {{"T_max": {args.epochs}}}}}')
     c = build_run(config, [*QUIET, f"--trainer.max_epochs={args.epochs}", f"--trainer.precision={args.precision}",
                            "--trainer.num_sanity_val_steps=0", cosine, *overrides, *extra])

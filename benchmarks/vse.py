@@ -159,7 +159,7 @@ def mnist(args, extra):
         for stage, config, epochs, out, more in stages:
             print(f"stage {stage}: {config}, {epochs} epochs", flush=True)
             run = build_run(REPO / "configs" / config, [*common, f"--trainer.max_epochs={epochs}",
-                                                        f"--lr_scheduler.init_args.T_max={epochs}", *more])
+                                                        f"--model.init_args.lr_scheduler.init_args.T_max={epochs}", *more])
             run.trainer.callbacks.append(PrintValidation())
             with Timer() as t:
                 run.trainer.fit(run.model, run.datamodule)

@@ -14,9 +14,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from types import MethodType
 from typing import Literal
-from unittest import mock
 
 import torch
 import yaml
@@ -72,6 +70,7 @@ class DL4CLI(LightningCLI):
             subclass_mode_model=True, subclass_mode_data=True,
             save_config_callback=SaveConfigToRun, save_config_kwargs={"overwrite": True},
             trainer_defaults=TRAINER_DEFAULTS, parser_kwargs={"parser_mode": "omegaconf"},
+            auto_configure_optimizers=False,  # each model takes its own (model.init_args.optimizer)
             args=args, run=run,
         )
 
@@ -79,38 +78,6 @@ class DL4CLI(LightningCLI):
         parser.add_argument("--float32_matmul_precision", type=Literal["highest", "high", "medium"],
                             default="highest", help="torch.set_float32_matmul_precision: 'high'/'medium' let "
                             "matrix products use TF32 (NVIDIA) or bfloat16 (CPUs with AMX) internally")
-
-    def _add_configure_optimizers_method_to_model(self, subcommand):
-        """The config's ``optimizer:`` and ``lr_scheduler:``, built when Lightning calls ``configure_optimizers``
-        (after the model's ``setup``), over the parameters the model has then.
-
-        LightningCLI builds them here, before ``fit`` starts, over the parameters the model has at construction: a
-        layer a model builds in ``setup`` (the VSE's vocabulary-sized word vectors W_T and decoder output layer, sized
-        by the data's vocabulary) would never be trained, silently. So the classes and init args LightningCLI
-        resolves are recorded, and the two are built again at the time Lightning asks for them. A model's own
-        configure_optimizers is its default for use without the CLI; the config's keys replace it, which is what
-        they are for, so Lightning's warning about it is silenced."""
-        import lightning.pytorch.cli as lightning_cli
-
-        build, inits = lightning_cli.instantiate_class, []
-
-        def record(args, init):
-            inits.append(init)
-            return build(args, init)
-
-        with warnings.catch_warnings(), mock.patch.object(lightning_cli, "instantiate_class", record):
-            warnings.filterwarnings("ignore", message=".*configure_optimizers` will be overridden")
-            super()._add_configure_optimizers_method_to_model(subcommand)
-        if not inits:
-            return  # no optimizer: in the config: the model's own configure_optimizers
-        optimizer_init, scheduler_init = inits[0], (inits[1] if len(inits) > 1 else None)
-
-        def configure_optimizers(model):
-            optimizer = build(model.parameters(), optimizer_init)
-            scheduler = build(optimizer, scheduler_init) if scheduler_init else None
-            return self.configure_optimizers(model, optimizer, scheduler)
-
-        self.model.configure_optimizers = MethodType(configure_optimizers, self.model)
 
     def _parse_ckpt_path(self):
         """Checks ``--ckpt_path`` before anything is built (see ``dl4/checkpoints.py``): the file is a Lightning

@@ -11,31 +11,36 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+
 from lightning_models.errors import ConfigError, check_fraction, check_positive
-from lightning_models.nn.autoencoders import (Encoder, adam, contractive_penalty_sigmoid, gaussian_noise,
+from lightning_models.nn.autoencoders import (Encoder, contractive_penalty_sigmoid, gaussian_noise,
                                               jacobian_frobenius_sq, kl_sparsity, masking_noise, mirrored_mlps,
                                               reconstruction_error, top_k)
 from lightning_models.checkpoints import restore_network_configs
+from lightning_models.optim import fused_adam, optimizer_with_schedule, trainable
 from lightning_models.train_logging import log_train_metrics
 
 
 class Autoencoder(L.LightningModule):
     """Minimise ||x - psi(phi(x))||^2, or the Bernoulli cross-entropy for (near-)binary data.
 
-    The optimiser comes from the config's ``optimizer:`` key (LightningCLI); without one, Adam at 1e-3.
-
     Args:
         encoder: phi, images (B, C, H, W) -> codes (B, code_dim); default ``Encoder`` 784-512-256-32 (ReLU).
         decoder: psi, codes -> pixel logits (B, C, H, W); default the mirrored ``Decoder``.
         loss: ``bce`` or ``mse`` reconstruction error, summed over pixels, averaged over images.
+        optimizer, lr_scheduler: default Adam at 1e-3 (fused), no schedule (``lightning_models/optim.py``).
+    The subclasses take these too (``**kwargs``).
     """
 
     default_nets = dict(hidden_dims=(512, 256), code_dim=32)  # the nets built when none are passed
 
     def __init__(self, encoder: nn.Module | None = None, decoder: nn.Module | None = None,
-                 loss: Literal["bce", "mse"] = "bce"):
+                 loss: Literal["bce", "mse"] = "bce", optimizer: OptimizerCallable | None = None,
+                 lr_scheduler: LRSchedulerCallable | None = None):
         super().__init__()
         self.save_hyperparameters()
+        self.optimizer, self.lr_scheduler = optimizer or fused_adam(1e-3), lr_scheduler
         if encoder is None and decoder is None:
             encoder, decoder = mirrored_mlps(**self.default_nets)
         elif encoder is None or decoder is None:
@@ -92,8 +97,8 @@ class Autoencoder(L.LightningModule):
     def predict_step(self, batch, batch_idx):
         return self.encode(batch[0])
 
-    def configure_optimizers(self):  # the default; the CLI's ``optimizer:`` key replaces it
-        return adam(self, 1e-3)
+    def configure_optimizers(self):
+        return optimizer_with_schedule(trainable(self), self.optimizer, self.lr_scheduler)
 
 
 class DenoisingAutoencoder(Autoencoder):
@@ -104,10 +109,8 @@ class DenoisingAutoencoder(Autoencoder):
         noise_level: the masking rate, or the Gaussian noise's standard deviation.
     """
 
-    def __init__(self, noise: Literal["mask", "gaussian"] = "mask", noise_level: float = 0.3,
-                 encoder: nn.Module | None = None, decoder: nn.Module | None = None,
-                 loss: Literal["bce", "mse"] = "bce"):
-        super().__init__(encoder, decoder, loss)
+    def __init__(self, noise: Literal["mask", "gaussian"] = "mask", noise_level: float = 0.3, **kwargs):
+        super().__init__(**kwargs)
         if noise == "mask":
             check_fraction("model", noise_level=noise_level)
         else:
@@ -132,9 +135,8 @@ class SparseAutoencoder(Autoencoder):
 
     default_nets = dict(hidden_dims=(), code_dim=1000, code_activation="sigmoid")
 
-    def __init__(self, rho: float = 0.05, beta: float = 3.0, encoder: nn.Module | None = None,
-                 decoder: nn.Module | None = None, loss: Literal["bce", "mse"] = "bce"):
-        super().__init__(encoder, decoder, loss)
+    def __init__(self, rho: float = 0.05, beta: float = 3.0, **kwargs):
+        super().__init__(**kwargs)
         if not 0 < rho < 1:
             raise ConfigError(f"model.rho must be in (0, 1) (the KL penalty is infinite at 0 and 1), got {rho}")
         if beta < 0:
@@ -158,9 +160,8 @@ class KSparseAutoencoder(Autoencoder):
 
     default_nets = dict(hidden_dims=(), code_dim=1000)
 
-    def __init__(self, k: int = 25, encoder: nn.Module | None = None, decoder: nn.Module | None = None,
-                 loss: Literal["bce", "mse"] = "bce"):
-        super().__init__(encoder, decoder, loss)
+    def __init__(self, k: int = 25, **kwargs):
+        super().__init__(**kwargs)
         code_dim = getattr(self.encoder, "code_dim", k)
         if not 0 < k <= code_dim:
             raise ConfigError(f"model.k must be in 1..code_dim={code_dim}, got {k}")
@@ -182,14 +183,13 @@ class ContractiveAutoencoder(Autoencoder):
     default_nets = dict(hidden_dims=(), code_dim=1000, code_activation="sigmoid")
 
     def __init__(self, contraction: float = 0.1, jacobian: Literal["closed_form", "autograd"] = "closed_form",
-                 encoder: nn.Module | None = None, decoder: nn.Module | None = None,
-                 loss: Literal["bce", "mse"] = "bce"):
+                 encoder: nn.Module | None = None, **kwargs):
         one_sigmoid_layer = encoder is None or (isinstance(encoder, Encoder) and not encoder.hidden_dims
                                                 and encoder.code_activation == "sigmoid")
         if jacobian == "closed_form" and not one_sigmoid_layer:
             raise ConfigError("model.jacobian='closed_form' needs one sigmoid encoder layer (an Encoder with "
                              "hidden_dims: [] and code_activation: sigmoid); use jacobian: autograd for other encoders")
-        super().__init__(encoder, decoder, loss)
+        super().__init__(encoder=encoder, **kwargs)
         if contraction < 0:
             raise ConfigError(f"model.contraction must be >= 0, got {contraction}")
         self.save_hyperparameters()

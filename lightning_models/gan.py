@@ -20,6 +20,7 @@ from lightning_models.nn.gan import (MLPDiscriminator, MLPGenerator, Prior, disc
                                      sample_noise, uniform_init)
 from lightning_models.nn.parzen import MNIST_SIGMAS, MeanStdErr, parzen_log_likelihood, select_sigma
 from lightning_models.checkpoints import restore_network_configs
+from lightning_models.optim import trainable
 from lightning_models.train_logging import log_train_metrics
 
 
@@ -44,7 +45,7 @@ class GAN(L.LightningModule):
         d_optimizer, g_optimizer: each player's optimiser (``class_path: torch.optim.SGD`` and its ``init_args``
             in the config); default Adam(2e-4, betas (0.5, 0.999)). The paper's code weighs D's objective by 1/2,
             which is D's learning rate halved.
-        lr_scheduler: a schedule given to each player's optimiser, stepped after every epoch (e.g.
+        d_lr_scheduler, g_lr_scheduler: each player's schedule, stepped after every epoch (e.g.
             ``torch.optim.lr_scheduler.ExponentialLR``); none by default. The paper's momentum ramp is the
             ``MomentumRamp`` callback.
         parzen_samples, parzen_valid, parzen_eval: the small Parzen protocol run after every validation epoch:
@@ -64,7 +65,8 @@ class GAN(L.LightningModule):
                  prior: Prior = "uniform", k_steps: int = 1,
                  generator_objective: Literal["non_saturating", "minimax"] = "non_saturating",
                  d_optimizer: OptimizerCallable | None = None, g_optimizer: OptimizerCallable | None = None,
-                 lr_scheduler: LRSchedulerCallable | None = None, parzen_samples: int = 1000,
+                 d_lr_scheduler: LRSchedulerCallable | None = None,
+                 g_lr_scheduler: LRSchedulerCallable | None = None, parzen_samples: int = 1000,
                  parzen_valid: int = 300, parzen_eval: int = 1000, test_samples: int = 10000, test_valid: int = 1000,
                  parzen_sigmas: Sequence[float] = tuple(MNIST_SIGMAS), g_init_range: float | None = None,
                  d_init_range: float | None = None, output_bias_from_data: bool = False):
@@ -83,7 +85,7 @@ class GAN(L.LightningModule):
                              f"as an int attribute noise_dim")
         self.noise_dim = self.generator.noise_dim
         self.d_optimizer, self.g_optimizer = d_optimizer or default_adam, g_optimizer or default_adam
-        self.lr_scheduler = lr_scheduler
+        self.d_lr_scheduler, self.g_lr_scheduler = d_lr_scheduler, g_lr_scheduler
         for module, init_range in ((self.generator, g_init_range), (self.discriminator, d_init_range)):
             if init_range is not None:
                 uniform_init(module, init_range)
@@ -181,7 +183,8 @@ class GAN(L.LightningModule):
     def on_train_epoch_end(self):
         self.log("train/d_acc_epoch", self.train_d_acc.compute())
         self.train_d_acc.reset()
-        for scheduler in self.lr_schedulers() or []:
+        schedulers = self.lr_schedulers()  # None, one scheduler, or a list of them
+        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []:
             scheduler.step()
 
     # --- validation: D on held-out data, and the small Parzen protocol ---
@@ -230,7 +233,7 @@ class GAN(L.LightningModule):
         self.test_parzen.reset()
 
     def configure_optimizers(self):
-        opt_d, opt_g = self.d_optimizer(self.discriminator.parameters()), self.g_optimizer(self.generator.parameters())
-        if self.lr_scheduler is None:
-            return [opt_d, opt_g]
-        return [opt_d, opt_g], [self.lr_scheduler(opt) for opt in (opt_d, opt_g)]
+        opt_d, opt_g = self.d_optimizer(trainable(self.discriminator)), self.g_optimizer(trainable(self.generator))
+        schedulers = [schedule(opt) for schedule, opt in ((self.d_lr_scheduler, opt_d), (self.g_lr_scheduler, opt_g))
+                      if schedule is not None]
+        return ([opt_d, opt_g], schedulers) if schedulers else [opt_d, opt_g]

@@ -18,6 +18,7 @@ from torchmetrics import MeanMetric, Metric
 
 from lightning_models.errors import ConfigError, check_fraction, check_positive
 from lightning_models.nn.memn2n import EndToEndMemoryNetwork, random_time_gaps
+from lightning_models.optim import trainable
 from lightning_models.schedules import HalvingLR
 from lightning_models.train_logging import log_train_metrics
 
@@ -86,7 +87,7 @@ class MemN2N(L.LightningModule):
                                          hp.hops, hp.encoding, hp.temporal, hp.tying, hp.time_as_word)
 
     def setup(self, stage: str) -> None:
-        dm = self.trainer.datamodule if self._trainer is not None else None
+        dm = self.trainer.datamodule
         if dm is None:
             return
         for key, value in (("vocab_size", dm.vocab_size), ("sentence_length", dm.sentence_length),
@@ -153,5 +154,5 @@ class MemN2N(L.LightningModule):
             super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self):
-        opt = self.optimizer(self.parameters())
+        opt = self.optimizer(trainable(self))
         return [opt], [self.lr_scheduler(opt, after_epoch=self.hparams.linear_start_epochs)]

@@ -13,10 +13,12 @@ from typing import Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics import Metric
 
 from lightning_models.errors import ConfigError, check_positive
 from lightning_models.nn.ntm import MemoryInit, NeuralTuringMachine, StackedLSTM
+from lightning_models.optim import optimizer_with_schedule, trainable
 from lightning_models.train_logging import log_train_metrics
 
 LN2 = math.log(2)
@@ -68,10 +70,6 @@ class PerLengthCost(Metric):
 class SequenceLearner(L.LightningModule):
     """The training logic shared by the NTM and the LSTM: the cost, the metrics, convergence and gradient clipping.
 
-    The optimiser and its schedule come from the config's ``optimizer:`` and ``lr_scheduler:`` keys (LightningCLI):
-    the paper's RMSprop is ``torch.optim.RMSprop`` with ``momentum: 0.9, alpha: 0.95``; a decay from some epoch on
-    is ``lightning_models.schedules.ExponentialLRFrom``. Without them, Adam at 1e-3.
-
     Args:
         input_size, output_size: the task's channels (the datamodule's ``input_size``/``output_size``).
         converged_bits: the validation cost (bits per sequence) below which the model counts as converged; the
@@ -81,11 +79,18 @@ class SequenceLearner(L.LightningModule):
             mostly small but now and then 10^4-10^6 times the median, through the read head's shift and
             sharpening chained over time; a fixed clip at 10 lets such a step through as a full-size step in
             one odd direction, and the cost jumped back up after converging. ``None`` clips at the Trainer's value.
+        optimizer, lr_scheduler: default Adam at 1e-3, no schedule. The paper's RMSprop is ``torch.optim.RMSprop``
+            with ``momentum: 0.9, alpha: 0.95``; a decay from some epoch on is
+            ``lightning_models.schedules.ExponentialLRFrom``.
     """
 
     def __init__(self, input_size: int = 9, output_size: int = 8, converged_bits: float = 0.1,
-                 clip_percentile: float | None = None):
+                 clip_percentile: float | None = None, optimizer: OptimizerCallable | None = None,
+                 lr_scheduler: LRSchedulerCallable | None = None):
         super().__init__()
+        self.save_hyperparameters()
+        self.optimizer = optimizer or (lambda params: torch.optim.Adam(params, lr=1e-3))
+        self.lr_scheduler = lr_scheduler
         check_positive("model", input_size=input_size, output_size=output_size, converged_bits=converged_bits)
         if clip_percentile is not None and not 0 < clip_percentile <= 100:
             raise ConfigError(f"model.clip_percentile must be in (0, 100], got {clip_percentile}")
@@ -94,7 +99,7 @@ class SequenceLearner(L.LightningModule):
         self.grad_norms: list[float] = []  # every step's gradient norm, sorted, for clip_percentile
 
     def setup(self, stage: str) -> None:
-        dm = self.trainer.datamodule if self._trainer is not None else None
+        dm = self.trainer.datamodule
         for key in ("input_size", "output_size"):
             expected = getattr(dm, key, None)
             if expected is not None and expected != self.hparams[key]:
@@ -156,8 +161,8 @@ class SequenceLearner(L.LightningModule):
     def on_test_epoch_end(self):
         self._log_costs("test")
 
-    def configure_optimizers(self):  # the default; the CLI's ``optimizer:`` and ``lr_scheduler:`` keys replace it
-        return torch.optim.Adam(self.parameters(), lr=1e-3)
+    def configure_optimizers(self):
+        return optimizer_with_schedule(trainable(self), self.optimizer, self.lr_scheduler)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         percentile = self.hparams.clip_percentile
@@ -186,14 +191,14 @@ class SequenceLearner(L.LightningModule):
 class NTM(SequenceLearner):
     """A Neural Turing Machine (see ``NeuralTuringMachine`` for the arguments); the paper's copy setting is the
     default: an LSTM controller of 100 units, a 128 x 20 memory, one read and one write head, shifts -1..1.
-    ``compile``: train with the time step compiled (``NeuralTuringMachine.compile_step``)."""
+    ``compile``: train with the time step compiled (``NeuralTuringMachine.compile_step``). The training arguments
+    (``converged_bits``, ``clip_percentile``, ``optimizer``, ``lr_scheduler``) are ``SequenceLearner``'s."""
 
     def __init__(self, input_size: int = 9, output_size: int = 8, controller: Literal["lstm", "feedforward"] = "lstm",
                  controller_size: int = 100, memory_rows: int = 128, memory_width: int = 20, read_heads: int = 1,
                  write_heads: int = 1, shift_range: int = 1, memory_init: MemoryInit = "constant",
-                 clip: float = 20.0, converged_bits: float = 0.1, clip_percentile: float | None = None,
-                 compile: bool = False):
-        super().__init__(input_size, output_size, converged_bits, clip_percentile)
+                 clip: float = 20.0, compile: bool = False, **kwargs):
+        super().__init__(input_size, output_size, **kwargs)
         self.save_hyperparameters()
         self.ntm = NeuralTuringMachine(input_size, output_size, controller, controller_size, memory_rows,
                                        memory_width, read_heads, write_heads, shift_range, memory_init, clip)
@@ -213,11 +218,12 @@ class NTM(SequenceLearner):
 
 
 class LSTMBaseline(SequenceLearner):
-    """The paper's LSTM baseline: ``num_layers`` stacked LSTM layers of ``hidden_size`` units (3 x 256 for copy)."""
+    """The paper's LSTM baseline: ``num_layers`` stacked LSTM layers of ``hidden_size`` units (3 x 256 for copy);
+    the training arguments are ``SequenceLearner``'s."""
 
     def __init__(self, input_size: int = 9, output_size: int = 8, hidden_size: int = 256, num_layers: int = 3,
-                 converged_bits: float = 0.1, clip_percentile: float | None = None):
-        super().__init__(input_size, output_size, converged_bits, clip_percentile)
+                 **kwargs):
+        super().__init__(input_size, output_size, **kwargs)
         self.save_hyperparameters()
         self.lstm = StackedLSTM(input_size, output_size, hidden_size, num_layers)
 

@@ -1,7 +1,53 @@
-"""Optimisers that ``torch.optim`` has no class for. Give them in a config as
-``optimizer: {class_path: lightning_models.optim.<Name>, init_args: ...}``."""
+"""How every dl4 model gets its optimiser, and the optimisers that ``torch.optim`` has no class for.
+
+Every LightningModule takes its optimiser and schedule as arguments (jsonargparse's ``OptimizerCallable`` and
+``LRSchedulerCallable``: a class path and init args in the config, called with the parameters), as
+lightning-hydra-template's ``MNISTLitModule(net, optimizer, scheduler)`` does, and builds them in
+``configure_optimizers``, after ``setup``, over the parameters it has then (the VSE builds its vocabulary-sized
+layers in ``setup``). A config says it one way for every model:
+
+    model:
+      init_args:
+        optimizer: {class_path: torch.optim.Adam, init_args: {lr: 1.0e-3}}
+        lr_scheduler: {class_path: torch.optim.lr_scheduler.CosineAnnealingLR, init_args: {T_max: 40}}
+
+(the GAN takes one pair per player: ``d_optimizer``/``d_lr_scheduler`` and ``g_optimizer``/``g_lr_scheduler``).
+"""
+
+from collections.abc import Callable, Iterable
 
 import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable, ReduceLROnPlateau
+
+
+def fused_adam(lr: float = 1e-3, **kwargs) -> Callable[[Iterable[torch.nn.Parameter]], torch.optim.Adam]:
+    """Adam at ``lr`` with the fused kernel where the parameters allow it (CPU, CUDA): one op for all parameters,
+    not ~10 a tensor. A model's default optimiser when its config gives none."""
+
+    def build(params) -> torch.optim.Adam:
+        params = list(params)
+        fused = all(p.device.type in ("cpu", "cuda") for p in params)
+        return torch.optim.Adam(params, lr=lr, fused=fused, **kwargs)
+
+    return build
+
+
+def trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters an optimiser should see: those that take a gradient (a frozen network's stay out)."""
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def optimizer_with_schedule(params, optimizer: OptimizerCallable, lr_scheduler: LRSchedulerCallable | None = None):
+    """``configure_optimizers``' answer for one optimiser over ``params`` and its schedule, if any: a
+    ``ReduceLROnPlateau`` (Lightning's, which names its metric) is handed the value it follows after each validation;
+    the others step after every epoch."""
+    opt = optimizer(params)
+    if lr_scheduler is None:
+        return opt
+    scheduler = lr_scheduler(opt)
+    if isinstance(scheduler, ReduceLROnPlateau):
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "monitor": scheduler.monitor}}
+    return [opt], [scheduler]
 
 
 class ClippedAdam(torch.optim.Adam):

@@ -1,12 +1,12 @@
 """Classifiers with a spatial transformer in front (Jaderberg et al. 2015, Table 1: CNN and ST-CNN).
 
 The transformer and the classifier are networks given in the config (``lightning_models.nn.stn``); without a
-transformer the model is the plain baseline. The optimiser comes from the config's ``optimizer:`` key
-(LightningCLI); without one, Adam at 1e-3. Errors are reported in %, as the paper's table does.
+transformer the model is the plain baseline. Errors are reported in %, as the paper's table does.
 """
 
 import lightning as L
 import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric
@@ -14,6 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_models.checkpoints import restore_network_configs
 from lightning_models.errors import check_positive
+from lightning_models.optim import optimizer_with_schedule, trainable
 from lightning_models.nn.stn import SpatialTransformer, affine_scale_rotation
 from lightning_models.train_logging import log_train_metrics
 
@@ -27,13 +28,17 @@ class STNClassifier(L.LightningModule):
         num_classes: classes of the accuracy metrics.
         channels_last: convolution weights and inputs in NHWC order. The same numbers; on a CPU the small
             networks train up to 1.8x faster (``benchmarks/stn.py speed``), and GPUs prefer it under mixed precision.
+        optimizer, lr_scheduler: default Adam at 1e-3, no schedule (``lightning_models/optim.py``).
     """
 
     def __init__(self, classifier: nn.Module, transformer: SpatialTransformer | None = None, num_classes: int = 10,
-                 channels_last: bool = True):
+                 channels_last: bool = True, optimizer: OptimizerCallable | None = None,
+                 lr_scheduler: LRSchedulerCallable | None = None):
         super().__init__()
         check_positive("model", num_classes=num_classes)
         self.save_hyperparameters()
+        self.optimizer = optimizer or (lambda params: torch.optim.Adam(params, lr=1e-3))
+        self.lr_scheduler = lr_scheduler
         self.transformer, self.classifier = transformer, classifier
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.to(memory_format=self.memory_format)  # moves 4-D weights only; later .to(device) keeps the order
@@ -82,5 +87,5 @@ class STNClassifier(L.LightningModule):
         self.log("test/error", 100 * (1 - self.test_accuracy.compute()))
         self.test_accuracy.reset()
 
-    def configure_optimizers(self):  # the default; the CLI's ``optimizer:`` key replaces it
-        return torch.optim.Adam(self.parameters(), lr=1e-3)
+    def configure_optimizers(self):
+        return optimizer_with_schedule(trainable(self), self.optimizer, self.lr_scheduler)

@@ -7,20 +7,20 @@ from typing import Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MeanMetric
 
 from lightning_models.errors import ConfigError, check_positive
-from lightning_models.nn.autoencoders import adam, mirrored_mlps
+from lightning_models.nn.autoencoders import mirrored_mlps
 from lightning_models.nn.vae import gaussian_kl, importance_weighted_nll, log_likelihood, reparameterize
 from lightning_models.checkpoints import restore_network_configs
+from lightning_models.optim import fused_adam, optimizer_with_schedule, trainable
 from lightning_models.train_logging import log_train_metrics
 
 
 class VAE(L.LightningModule):
     """Gaussian encoder q(z|x) = N(mu(x), diag sigma^2(x)), prior N(0, I), MLP decoder p(x|z).
-
-    The optimiser comes from the config's ``optimizer:`` key (LightningCLI); without one, Adam at 1e-3.
 
     Args:
         encoder: images -> (B, 2 latent_dim): the mean and log-variance of q(z|x), concatenated; default an
@@ -30,16 +30,19 @@ class VAE(L.LightningModule):
         likelihood: ``bernoulli`` (binarised data) or ``gaussian`` (per-pixel mean and variance).
         iw_samples: k of the importance-weighted NLL reported at test time.
         iw_rows: (sample, image) pairs the decoder sees at once in that estimate (a few thousand on a CPU, more on a GPU).
+        optimizer, lr_scheduler: default Adam at 1e-3 (fused), no schedule (``lightning_models/optim.py``).
     """
 
     def __init__(self, encoder: nn.Module | None = None, decoder: nn.Module | None = None,
                  likelihood: Literal["bernoulli", "gaussian"] = "bernoulli", iw_samples: int = 1000,
-                 iw_rows: int = 2048):
+                 iw_rows: int = 2048, optimizer: OptimizerCallable | None = None,
+                 lr_scheduler: LRSchedulerCallable | None = None):
         super().__init__()
         check_positive("model", iw_samples=iw_samples, iw_rows=iw_rows)
         # evaluation settings stay out of the checkpoint, so `dl4 test --ckpt_path ... --model.iw_samples=5000` applies
         self.save_hyperparameters(ignore=["iw_samples", "iw_rows"])
         self.iw_samples, self.iw_rows = iw_samples, iw_rows
+        self.optimizer, self.lr_scheduler = optimizer or fused_adam(1e-3), lr_scheduler
         out_channels = 2 if likelihood == "gaussian" else 1
         if encoder is None and decoder is None:
             encoder, decoder = mirrored_mlps((200, 200), 50, "tanh", encoder_outputs=2, out_channels=out_channels)
@@ -112,5 +115,5 @@ class VAE(L.LightningModule):
     def predict_step(self, batch, batch_idx):
         return self.encode(batch[0])
 
-    def configure_optimizers(self):  # the default; the CLI's ``optimizer:`` key replaces it
-        return adam(self, 1e-3)
+    def configure_optimizers(self):
+        return optimizer_with_schedule(trainable(self), self.optimizer, self.lr_scheduler)

@@ -16,10 +16,12 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from lightning_models.checkpoints import restore_network_configs
 from lightning_models.errors import ConfigError, check_positive
+from lightning_models.optim import optimizer_with_schedule, trainable
 from lightning_models.nn.vse import (beam_search, decode, embedding_arithmetic, greedy_decode, pairwise_ranking_loss,
                                      recall_at, retrieval_ranks)
 from lightning_models.train_logging import log_train_metrics
@@ -41,6 +43,8 @@ class VSE(L.LightningModule):
         word_vectors: a word2vec/GloVe text file (relative to the data root) whose vectors initialise W_T;
             freeze_word_vectors: keep them fixed (the slides: "precomputed using e.g. word2vec, we don't learn it").
         beam_width: 1 is greedy decoding; max_caption_length: words generated at most.
+        optimizer, lr_scheduler: default Adam at 2e-4, no schedule; the optimiser gets every parameter that
+            trains, the vocabulary-sized ones built in ``setup`` included (``lightning_models/optim.py``).
         embedding_from: a trained VSE checkpoint whose embedding (image encoder, W_I, W_T, sentence encoder) this
             model takes when training starts; the networks in the config must be the checkpoint's. Saved
             checkpoints record none: the weights are in their state.
@@ -55,7 +59,8 @@ class VSE(L.LightningModule):
                  ranking_weight: float = 1.0,
                  caption_weight: float = 1.0, vocabulary: list[str] | None = None, word_vectors: str | None = None,
                  freeze_word_vectors: bool = True, beam_width: int = 1, max_caption_length: int = 20,
-                 embedding_from: str | None = None, freeze_embedding: bool = False):
+                 embedding_from: str | None = None, freeze_embedding: bool = False,
+                 optimizer: OptimizerCallable | None = None, lr_scheduler: LRSchedulerCallable | None = None):
         super().__init__()
         check_positive("model", margin=margin, beam_width=beam_width, max_caption_length=max_caption_length)
         if min(ranking_weight, caption_weight) < 0 or ranking_weight + caption_weight == 0:
@@ -73,6 +78,8 @@ class VSE(L.LightningModule):
             raise ConfigError(f"model.decoder needs input_size {self.word_dim} (the word vectors') and image_size "
                               f"{self.joint_dim} (the joint space's), got {decoder.input_size}, {decoder.image_size}")
         self.save_hyperparameters()
+        self.optimizer = optimizer or (lambda params: torch.optim.Adam(params, lr=2e-4))
+        self.lr_scheduler = lr_scheduler
         self.image_encoder, self.sentence_encoder, self.decoder = image_encoder, sentence_encoder, decoder
         self.W_I = nn.Linear(image_encoder.out_features, self.joint_dim)  # x = W_I q
         self.frozen = freeze_embedding
@@ -129,7 +136,7 @@ class VSE(L.LightningModule):
     def setup(self, stage: str):
         if stage == "fit" and self.hparams.embedding_from and not self.trainer.ckpt_path:  # (a resumed run has it)
             self._take_embedding(self.hparams.embedding_from)
-        dm = self.trainer.datamodule if self._trainer is not None else None
+        dm = self.trainer.datamodule
         if dm is None or not hasattr(dm, "set_vocabulary"):
             return
         if self.vocabulary is not None:
@@ -313,8 +320,8 @@ class VSE(L.LightningModule):
             out[f"{stage}/caption_accuracy"] = 100 * dm.caption_accuracy(stage, image_ids, captions)
         return out
 
-    def configure_optimizers(self):  # the default; the CLI's ``optimizer:`` key replaces it
-        return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=2e-4)
+    def configure_optimizers(self):  # after setup: the vocabulary-sized W_T and output layer are in it
+        return optimizer_with_schedule(trainable(self), self.optimizer, self.lr_scheduler)
 
 
 def _first_of_each(ids: torch.Tensor) -> torch.Tensor:

@@ -68,7 +68,7 @@ def _weights(ckpt: Path) -> dict:
 
 
 def test_a_diverging_run_exits_3_naming_the_step_and_writes_no_checkpoint(here, tmp_path, mnist_root):
-    out = here("fit", "--config", CONFIGS / "ae_mnist.yaml", "--optimizer.init_args.lr=1e9", "--trainer.logger=false",
+    out = here("fit", "--config", CONFIGS / "ae_mnist.yaml", "--model.init_args.optimizer.init_args.lr=1e9", "--trainer.logger=false",
                "--trainer.max_epochs=2", "--trainer.limit_train_batches=30", *FAST, cwd=tmp_path, data_root=mnist_root)
     line = _one_line_error(out, 3, "training diverged", "not finite at step", "epoch 0", "last good checkpoint")
     assert "test with" not in out.stdout  # the end-of-fit summary recommends nothing

@@ -69,7 +69,7 @@ def test_ntm_learns_to_copy_short_sequences():
     under 0.5 bit errors and costs under 2 bits. Measured: seed 0 reaches 0 by step 350."""
     run = build_from_config(CONFIGS / "ntm_copy.yaml", "--model.init_args.controller_size=64",
                             "--model.init_args.memory_rows=16", "--model.init_args.clip_percentile=null",
-                            "--model.init_args.compile=false", "--optimizer.init_args.lr=5e-3",
+                            "--model.init_args.compile=false", "--model.init_args.optimizer.init_args.lr=5e-3",
                             "--data.init_args.max_length=5")  # seed 0, the config's optimiser at a higher rate
     model, dm = run.model, run.datamodule
     (untrained,) = trainer().validate(model, dm, verbose=False)
