@@ -30,7 +30,8 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lightning_models.errors import ConfigError
+from dl4.errors import ConfigError
+from dl4.internals import drop_loader_position, hpc_checkpoint_path, logger_writes_this_step
 
 
 class DivergedError(RuntimeError):
@@ -106,7 +107,7 @@ class DivergenceGuard(L.Callback):
         if torch.is_tensor(loss):
             bad = ~torch.isfinite(loss.detach()).all()
             self._first_bad = torch.where(bad & (self._first_bad < 0), trainer.global_step, self._first_bad)
-        if trainer._logger_connector.should_update_logs:  # the logger syncs on these steps anyway
+        if logger_writes_this_step(trainer):  # the logger syncs on these steps anyway
             self.check(trainer, pl_module)
 
     def on_validation_start(self, trainer, pl_module):
@@ -152,18 +153,20 @@ class PreemptionCheckpoint(L.Callback):
     def on_exception(self, trainer, pl_module, exception):
         if not isinstance(exception, SIGTERMException) or not trainer.training:
             return
-        slurm = isinstance(trainer._accelerator_connector.cluster_environment, SLURMEnvironment)
+        slurm = SLURMEnvironment.detect()  # the test by which Lightning runs a job as a SLURM job
         if slurm:  # what the requeued job resumes from by itself, as after Lightning's own requeue signal
-            path = Path(trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir))
+            path = Path(hpc_checkpoint_path(trainer))
         else:
             path = checkpoint_dir(trainer) / "last.ckpt"
             for cb in trainer.checkpoint_callbacks:  # the file is theirs: a resumed run overwrites it, not last-v1
                 if isinstance(cb, ModelCheckpoint) and cb.save_last and Path(cb.dirpath) == path.parent:
                     cb.last_model_path = str(path)
         trainer.save_checkpoint(path)
+        import wandb
+
         for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger) and logger._experiment is not None and trainer.is_global_zero:
-                logger.experiment.mark_preempting()
+            if isinstance(logger, WandbLogger) and wandb.run is not None and trainer.is_global_zero:
+                wandb.run.mark_preempting()  # (only a run that was started: logger.experiment would start one)
         # Lightning re-raises this SystemExit after the other hooks and the loggers' finalize; dl4 prints its code
         resume = ("the requeued SLURM job resumes from it" if slurm else
                   f"Resume with the same command and --ckpt_path last (or --ckpt_path {path})")
@@ -191,7 +194,7 @@ class TimeBudget(ModelCheckpoint):
         # save_top_k=0: only last.ckpt; no version counter: a resumed job overwrites it rather than writing last-v1
         super().__init__(dirpath=dirpath, save_last=True, save_top_k=0, every_n_epochs=every_n_epochs,
                          enable_version_counter=False)
-        self.seconds = seconds
+        self.seconds, self.every_n_epochs = seconds, every_n_epochs
         self._start = time.monotonic()
         self._mark: float | None = None
         self._longest_epoch = 0.0
@@ -213,10 +216,11 @@ class TimeBudget(ModelCheckpoint):
                 print(f"TimeBudget: stopping after epoch {epoch}: {now - self._start:.0f} s of {self.seconds:.0f} s "
                       f"spent, and an epoch takes up to {self._longest_epoch:.0f} s. Resume with the same command "
                       "and --ckpt_path last", flush=True)
-        if self._should_skip_saving_checkpoint(trainer):
+        if trainer.sanity_checking or trainer.fast_dev_run:
             return
-        if trainer.should_stop or epoch % self._every_n_epochs == 0 or epoch == trainer.max_epochs:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if trainer.should_stop or epoch % self.every_n_epochs == 0 or epoch == trainer.max_epochs:
+            self.last_model_path = str(Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}")
+            trainer.save_checkpoint(self.last_model_path)  # on every rank: rank zero writes it
 
     def on_validation_end(self, trainer, pl_module):
         pass  # saves at the training epoch's end only, after the module's own epoch-end step (its schedulers)
@@ -266,23 +270,23 @@ class RunState(L.Callback):
     def __init__(self):
         self._restored = None
         self._lock = None
+        self.trainer: L.Trainer | None = None
 
     def state_dict(self):
-        trainer = getattr(self, "_trainer", None)
-        return {"rng": collect_rng_states(), "run": run_identity(trainer) if trainer else {}}
+        return {"rng": collect_rng_states(), "run": run_identity(self.trainer) if self.trainer else {}}
 
     def load_state_dict(self, state_dict):
         self._restored = state_dict.get("rng")
 
     def setup(self, trainer, pl_module, stage):
-        self._trainer = trainer
+        self.trainer = trainer
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         # At an epoch's end the next epoch starts a fresh iterator, so the loader's position must not be restored
         # (with limit_train_batches the finished epoch's iterator was left part-way, and restoring it would
         # continue that order); datamodules/tensors.py makes the fresh order a function of the epoch.
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
-            checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).pop("combined_loader", None)
+            drop_loader_position(checkpoint)
 
     def on_train_start(self, trainer, pl_module):
         if trainer.is_global_zero and trainer.checkpoint_callbacks:  # no checkpoints (benchmarks): nothing to guard

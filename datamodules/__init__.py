@@ -1,7 +1,7 @@
 from datamodules.algorithmic import AlgorithmicTasksDataModule
 from datamodules.babi import BabiDataModule
 from datamodules.coco_captions import CocoCaptionsDataModule
-from datamodules.data_root import DatasetNotFoundError, default_data_dir
+from dl4.data_root import DatasetNotFoundError, default_data_dir
 from datamodules.distorted_mnist import DistortedMNISTDataModule
 from datamodules.mnist import MNISTDataModule
 from datamodules.mnist_captions import MNISTCaptionsDataModule

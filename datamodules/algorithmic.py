@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from datamodules.tensors import EpochOrder, eval_sampler
-from lightning_models.errors import ConfigError, check_positive
+from dl4.errors import ConfigError, check_positive
 
 Task = Literal["copy", "repeat_copy", "associative_recall"]
 

@@ -16,10 +16,11 @@ from typing import Literal, NamedTuple
 import lightning as L
 import torch
 
-from datamodules.data_root import DatasetNotFoundError, default_data_dir
+from datamodules.download import BABI_URL, download_babi
+from dl4.data_root import DatasetNotFoundError, default_data_dir
 from datamodules.integrity import CorruptDataError, verify_published
 from datamodules.tensors import TensorBatchDataset, first_examples, tensor_loader
-from lightning_models.errors import ConfigError, check_positive
+from dl4.errors import ConfigError, check_positive
 
 TASKS = {1: "single-supporting-fact", 2: "two-supporting-facts", 3: "three-supporting-facts",
          4: "two-arg-relations", 5: "three-arg-relations", 6: "yes-no-questions", 7: "counting", 8: "lists-sets",
@@ -27,7 +28,6 @@ TASKS = {1: "single-supporting-fact", 2: "two-supporting-facts", 3: "three-suppo
          13: "compound-coreference", 14: "time-reasoning", 15: "basic-deduction", 16: "basic-induction",
          17: "positional-reasoning", 18: "size-reasoning", 19: "path-finding", 20: "agents-motivations"}
 FOLDER = Path("babi") / "tasks_1-20_v1-2"
-URL = "http://www.thespermwhale.com/jaseweston/babi/tasks_1-20_v1-2.tar.gz"
 NIL = "<nil>"  # word id 0: padding of sentences and memories
 
 
@@ -56,7 +56,7 @@ def tokenize(sentence: str) -> list[str]:
     return WORD.findall(sentence.lower())
 
 
-RESTORE_BABI = f"Delete it and run `dl4 data download babi`, which restores it from tasks_1-20_v1-2.tar.gz ({URL})."
+RESTORE_BABI = f"Delete it and run `dl4 data download babi`, which restores it from tasks_1-20_v1-2.tar.gz ({BABI_URL})."
 
 
 def _malformed(path: Path, line: int, why: str) -> CorruptDataError:
@@ -165,8 +165,6 @@ class BabiDataModule(L.LightningDataModule):
         """Downloads bAbI if asked, then checks the files this run reads against the published checksums, before
         the trainer starts a logger run."""
         if not self.folder.is_dir() and self.download:
-            from datamodules.download import download_babi
-
             download_babi(Path(self.data_dir))  # as `dl4 data download babi`: every file verified
         self._files("train"), self._files("test")
 
@@ -174,7 +172,7 @@ class BabiDataModule(L.LightningDataModule):
         if not self.folder.is_dir():
             raise DatasetNotFoundError(
                 f"bAbI not found: looked for {self.folder.resolve()}. Run `dl4 data download babi --root "
-                f"{Path(self.data_dir).resolve()}` (or unpack tasks_1-20_v1-2.tar.gz, {URL}, into "
+                f"{Path(self.data_dir).resolve()}` (or unpack tasks_1-20_v1-2.tar.gz, {BABI_URL}, into "
                 f"{(Path(self.data_dir) / 'babi').resolve()}), point the data root at the folder holding "
                 f"babi/ (DL4_DATA_DIR=... or --data.init_args.data_dir=...), or set --data.init_args.download=true "
                 f"on a machine with internet.")

@@ -35,11 +35,11 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms import v2
 
-from datamodules.data_root import DatasetNotFoundError, default_data_dir
+from dl4.data_root import DatasetNotFoundError, default_data_dir
 from datamodules.integrity import CorruptDataError
 from datamodules.tensors import EpochOrder
-from lightning_models.errors import ConfigError, check_positive
-from lightning_models.nn.vse import decode
+from dl4.errors import ConfigError, check_positive
+from dl4.text import decode
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -198,7 +198,7 @@ class CocoCaptionsDataModule(L.LightningDataModule):
         karpathy_split: Karpathy's ``dataset_coco.json`` (relative to ``root``); then the splits are its train (with
             restval), val and test, read from captions_train2014.json and captions_val2014.json.
         features: a folder (relative to ``root``) of precomputed image features, ``<split>.npy`` with one row per
-            image in image-id order (as ``precompute_features`` writes them, and as VSE++'s ``*_precomp`` folders
+            image in image-id order (as ``dl4/features.py`` writes them, and as VSE++'s ``*_precomp`` folders
             hold them): batches then carry features instead of images, and no image is read.
         image_size, resize: images are resized (shorter side to ``resize``, default ``image_size * 8 / 7``: 256 for
             224) and cropped to ``image_size``: at random for training with ``random_crop`` (and flipped at random
@@ -315,7 +315,7 @@ class CocoCaptionsDataModule(L.LightningDataModule):
         return torch.cat([batch["images"] for batch in decoding]), None
 
     # loaders
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.datasets[split]
         workers = 0 if self.in_memory or self.features else self.num_workers
         sampler = CaptionShuffle([len(c) for c in dataset.split.captions]) if shuffle else None
@@ -325,13 +325,13 @@ class CocoCaptionsDataModule(L.LightningDataModule):
                                   generator=torch.Generator())
 
     def train_dataloader(self):
-        return self._loader("train", shuffle=True)
+        return self.loader("train", shuffle=True)
 
     def val_dataloader(self):
-        return self._loader("val", shuffle=False)
+        return self.loader("val", shuffle=False)
 
     def test_dataloader(self):
-        return self._loader("test", shuffle=False)
+        return self.loader("test", shuffle=False)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images = batch["images"]
@@ -372,51 +372,3 @@ class CocoCaptionsDataModule(L.LightningDataModule):
     def load_state_dict(self, state):
         if state.get("vocabulary"):
             self.set_vocabulary(state["vocabulary"])
-
-
-@torch.no_grad()
-def precompute_features(datamodule: CocoCaptionsDataModule, encoder: torch.nn.Module, out: Path,
-                        device: str = "cpu") -> list[Path]:
-    """Runs ``encoder`` (images -> (B, F)) over every split's images (centre crops) and writes ``out/<split>.npy``,
-    one row per image in image-id order, for ``CocoCaptionsDataModule(features=...)``."""
-    datamodule.random_crop = False
-    datamodule.setup()
-    encoder.eval().to(device)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for split in ("train", "val", "test"):
-        rows = []
-        for batch in datamodule._loader(split, shuffle=False):
-            batch = datamodule.on_after_batch_transfer(batch, 0)
-            rows.append(encoder(batch["images"].to(device)).float().cpu())
-        path = out / f"{datamodule.splits[split]}.npy"
-        np.save(path, torch.cat(rows).numpy())
-        written.append(path)
-    return written
-
-
-def main(argv=None):
-    import argparse
-
-    from lightning_models.nn.vse import TorchvisionEncoder
-
-    parser = argparse.ArgumentParser(description="Precompute image features for CocoCaptionsDataModule(features=)")
-    parser.add_argument("command", choices=["features"])
-    parser.add_argument("--root", default="coco")
-    parser.add_argument("--train_split", default="train2017")
-    parser.add_argument("--val_split", default="val2017")
-    parser.add_argument("--karpathy_split", default=None)
-    parser.add_argument("--backbone", default="resnet152")
-    parser.add_argument("--weights", default="DEFAULT", help="torchvision weights name, a .pth file, or none")
-    parser.add_argument("--out", default="features")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args(argv)
-    dm = CocoCaptionsDataModule(args.root, args.train_split, args.val_split, karpathy_split=args.karpathy_split,
-                                random_crop=False)
-    encoder = TorchvisionEncoder(args.backbone, None if args.weights == "none" else args.weights)
-    for path in precompute_features(dm, encoder, dm.root / args.out, args.device):
-        print(path)
-
-
-if __name__ == "__main__":
-    main()

@@ -17,8 +17,8 @@ from torchvision.transforms.v2.functional import gaussian_blur
 
 from datamodules.mnist import MNISTDataModule
 from datamodules.tensors import TensorBatchDataset
-from lightning_models.errors import ConfigError
-from lightning_models.nn.stn import affine_grid, bilinear_sample, projective_grid, target_grid
+from dl4.errors import ConfigError
+from dl4.warps import affine_grid, bilinear_sample, projective_grid, target_grid
 
 Distortion = Literal["r", "rts", "p", "e", "tc"]
 CANVAS = {"rts": 42, "tc": 60}  # the paper's canvases; the others stay 28 x 28

@@ -23,13 +23,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from datamodules.babi import URL as BABI_URL
-from datamodules.data_root import DatasetNotFoundError
+from dl4.data_root import DatasetNotFoundError
 from datamodules.integrity import PUBLISHED_SHA256, CorruptDataError, fingerprint, is_published
 
 MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")  # torchvision's
 MNIST_GZ = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
             "t10k-labels-idx1-ubyte.gz")
+BABI_URL = "http://www.thespermwhale.com/jaseweston/babi/tasks_1-20_v1-2.tar.gz"  # the authors' page
 BABI_ARCHIVE = BABI_URL.rsplit("/", 1)[1]  # tasks_1-20_v1-2.tar.gz, from the authors' page
 BABI_SOURCES = (BABI_URL, f"https://s3.amazonaws.com/text-datasets/babi_{BABI_ARCHIVE}")  # and Keras's copy of it
 CHUNK = 1 << 20

@@ -12,10 +12,10 @@ import lightning as L
 import torch
 from torchvision.datasets import MNIST
 
-from datamodules.data_root import DatasetNotFoundError, default_data_dir
+from dl4.data_root import DatasetNotFoundError, default_data_dir
 from datamodules.integrity import verify_idx, verify_labels, verify_published
 from datamodules.tensors import TensorBatchDataset, first_examples, tensor_loader
-from lightning_models.errors import ConfigError, check_positive
+from dl4.errors import ConfigError, check_positive
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 

@@ -27,9 +27,9 @@ import torch
 from torchvision.io import encode_png
 
 from datamodules.coco_captions import CocoCaptionsDataModule
-from datamodules.data_root import default_data_dir
+from dl4.data_root import default_data_dir
 from datamodules.mnist import load_mnist
-from lightning_models.errors import ConfigError
+from dl4.errors import ConfigError
 
 SIZE, DIGIT = 64, 28
 COLOURS = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.2, 0.4, 1.0), "yellow": (1.0, 1.0, 0.0),

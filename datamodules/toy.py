@@ -7,7 +7,7 @@ import lightning as L
 import torch
 
 from datamodules.tensors import TensorBatchDataset, first_examples, tensor_loader
-from lightning_models.errors import ConfigError, check_positive
+from dl4.errors import ConfigError, check_positive
 
 
 class Toy1DDataModule(L.LightningDataModule):

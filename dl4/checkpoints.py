@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from lightning_models.errors import ConfigError
+from dl4.errors import ConfigError
 
 
 class CheckpointError(ConfigError):

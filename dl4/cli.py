@@ -12,27 +12,27 @@ WANDB_MODE; an offline run never touches the network and can be uploaded later w
 
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Literal
 
 import torch
 import yaml
-from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import CheckpointIO
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from jsonargparse import ArgumentError  # what jsonargparse raises with exit_on_error=False
 
 import callbacks  # noqa: F401  (makes the callbacks' short names known to the parser)
 import datamodules  # noqa: F401
 import lightning_models  # noqa: F401
 from callbacks.distributed import BroadcastBuffers
-from callbacks.faults import DivergedError, DivergenceGuard, PreemptionCheckpoint, RunState, SafeCheckpointIO
-from datamodules import DatasetNotFoundError
-from datamodules.integrity import CorruptDataError
+from callbacks.faults import DivergenceGuard, PreemptionCheckpoint, RunState, SafeCheckpointIO
 from dl4.checkpoints import (CheckpointError, check_model_class, checkpoint_folders, drop_key, explicit_model_keys,
                              find_last, read_checkpoint)
-from lightning_models.errors import ConfigError
+from dl4.config_errors import check_before_parsing, explain
+from dl4.errors import ConfigError
+from dl4.internals import CheckpointHparamsHook
 
 TRAINER_DEFAULTS = {
     "logger": {"class_path": "lightning.pytorch.loggers.WandbLogger",
@@ -62,14 +62,18 @@ class SaveConfigToRun(SaveConfigCallback):
                 Path(logger.experiment.dir, "config.yaml").write_text(config)
 
 
-class DL4CLI(LightningCLI):
+class DL4CLI(CheckpointHparamsHook):
     def __init__(self, args=None, run: bool = True):
         """``run=False`` only parses and builds (no subcommand): benchmarks then call ``trainer.fit``/``test``."""
         self.command_line = list(sys.argv[1:] if args is None else args)
+        self.subcommand_parsers = []
         super().__init__(
             subclass_mode_model=True, subclass_mode_data=True,
             save_config_callback=SaveConfigToRun, save_config_kwargs={"overwrite": True},
-            trainer_defaults=TRAINER_DEFAULTS, parser_kwargs={"parser_mode": "omegaconf"},
+            trainer_defaults=TRAINER_DEFAULTS,
+            # errors come back as exceptions (dl4/config_errors.py makes them one line); no abbreviated flags:
+            # argparse would read a mistyped --trainer.max_epoch=3 as --trainer.max_epochs
+            parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False, "allow_abbrev": False},
             auto_configure_optimizers=False,  # each model takes its own (model.init_args.optimizer)
             args=args, run=run,
         )
@@ -78,8 +82,18 @@ class DL4CLI(LightningCLI):
         parser.add_argument("--float32_matmul_precision", type=Literal["highest", "high", "medium"],
                             default="highest", help="torch.set_float32_matmul_precision: 'high'/'medium' let "
                             "matrix products use TF32 (NVIDIA) or bfloat16 (CPUs with AMX) internally")
+        self.subcommand_parsers.append(parser)  # their keys are what a mistyped one is compared with
 
-    def _parse_ckpt_path(self):
+    def parse_arguments(self, parser, args):
+        """Parses, and turns every mistake into one ``ConfigError`` line (``dl4/config_errors.py``)."""
+        check_before_parsing(self.command_line)
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            keys = {k for p in self.subcommand_parsers for k in p.get_defaults().keys()}
+            raise ConfigError(explain(str(err), keys, self.command_line)) from None
+
+    def checkpoint_settings(self):
         """Checks ``--ckpt_path`` before anything is built (see ``dl4/checkpoints.py``): the file is a Lightning
         checkpoint of the config's model; ``last`` is the newest ``last.ckpt`` of this model among the config's runs;
         the checkpoint's model settings replace the config's, except those given as ``--model.*`` flags (Lightning
@@ -112,27 +126,31 @@ class DL4CLI(LightningCLI):
             resume_run(self.config.fit.trainer, (ckpt.get("callbacks") or {}).get("RunState", {}).get("run", {}),
                        ckpt.get("global_step"))
 
-    def _instantiate_trainer(self, config, extra_callbacks):
+    def instantiate_trainer(self, **kwargs):
         """Every run gets the fault callbacks (``callbacks/faults.py``), ``BroadcastBuffers`` (under DDP every process
-        validates rank zero's model, ``callbacks/distributed.py``) and ``SafeCheckpointIO``; CSV and
-        TensorBoard runs get a version folder of their own even when several start at once."""
-        extra_callbacks = [*extra_callbacks, DivergenceGuard(), PreemptionCheckpoint(), RunState(), BroadcastBuffers()]
+        validates rank zero's model, ``callbacks/distributed.py``) and ``SafeCheckpointIO``."""
+        config = self.config_init.get(self.subcommand, self.config_init).get("trainer") or {}
+        callbacks = config.get("callbacks") or []
+        callbacks = [*(callbacks if isinstance(callbacks, list) else [callbacks]),
+                     DivergenceGuard(), PreemptionCheckpoint(), RunState(), BroadcastBuffers()]
         plugins = config.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
-            config["plugins"] = [*plugins, SafeCheckpointIO()]
-        loggers = config.get("logger")
-        for logger in loggers if isinstance(loggers, list) else [loggers]:
-            if isinstance(logger, (CSVLogger, TensorBoardLogger)):
-                claim_version(logger)
-        return super()._instantiate_trainer(config, extra_callbacks)
+            plugins.append(SafeCheckpointIO())
+        return super().instantiate_trainer(callbacks=callbacks, plugins=plugins, **kwargs)
 
     def before_instantiate_classes(self):
+        """CSV and TensorBoard runs get a version folder of their own even when several start at once
+        (``claim_version``); a W&B run whose server does not answer logs offline (``wandb_or_offline``)."""
         config = self.config.get(self.subcommand, self.config)
         torch.set_float32_matmul_precision(config.float32_matmul_precision)
-        logger = config.get("trainer", {}).get("logger") if self.subcommand else None
-        if str(getattr(logger, "class_path", "")).endswith("WandbLogger"):
-            wandb_or_offline()
+        logger = config.get("trainer", {}).get("logger")
+        for spec in logger if isinstance(logger, list) else [logger]:
+            kind = str(getattr(spec, "class_path", ""))
+            if kind.endswith(("CSVLogger", "TensorBoardLogger")):
+                claim_version(spec.init_args)
+            elif kind.endswith("WandbLogger") and self.subcommand:
+                wandb_or_offline()
 
     def after_fit(self):
         trainer = self.trainer
@@ -240,72 +258,29 @@ def resume_run(trainer_config, run: dict, step) -> None:
             metrics.rename(folder / f"metrics-until-step-{step}.csv")
 
 
-def claim_version(logger) -> None:
+def claim_version(init_args) -> None:
     """Gives a CSV or TensorBoard logger without a version the next free ``version_N`` by creating its folder
-    atomically (``mkdir`` fails if it exists): Lightning picks the next number from a listing, so two runs started
-    together would share a folder and one's metrics would delete the other's. Only the launching process claims
-    one (DDP's other ranks never write logs)."""
-    if logger._version is not None or int(os.environ.get("LOCAL_RANK", 0)) or int(os.environ.get("NODE_RANK", 0)):
+    atomically (``mkdir`` fails if it exists) and writing it into the logger's config: Lightning picks the next
+    number from a listing, so two runs started together would share a folder and one's metrics would delete the
+    other's. Only the launching process claims one (DDP's other ranks never write logs)."""
+    if init_args.get("version") is not None or int(os.environ.get("LOCAL_RANK", 0)) or \
+            int(os.environ.get("NODE_RANK", 0)):
         return
-    root = Path(logger.root_dir)
+    root = Path(init_args.get("save_dir") or ".") / (init_args.get("name") or "lightning_logs")
     root.mkdir(parents=True, exist_ok=True)
-    n = logger._get_next_version()
+    taken = [int(p.name[8:]) for p in root.glob("version_*") if p.name[8:].isdigit()]
+    n = max(taken, default=-1) + 1
     while True:
         try:
             (root / f"version_{n}").mkdir()
         except FileExistsError:
             n += 1
             continue
-        logger._version = n
+        init_args["version"] = n
         return
 
 
-EXIT_STATUS = {DatasetNotFoundError: 1, CorruptDataError: 1, ConfigError: 2, DivergedError: 3}
-
-
-def main(args=None) -> None:
-    """``dl4 fit|validate|test|predict`` (LightningCLI), ``dl4 sweep`` (``dl4/sweep.py``) and ``dl4 data``
-    (``dl4/data.py``)."""
-    configure_runtime()
-    argv = list(sys.argv[1:] if args is None else args)
-    try:
-        if argv[:1] == ["sweep"]:
-            from dl4 import sweep
-
-            sys.exit(sweep.main(argv[1:]))
-        if argv[:1] == ["data"]:
-            from dl4 import data
-
-            sys.exit(data.main(argv[1:]))
-        DL4CLI(args=args)
-    except SIGTERMException as err:  # Lightning's (a SystemExit); PreemptionCheckpoint says what was saved
-        print(f"dl4: {err.code or 'stopped by SIGTERM outside a training step; no checkpoint was written for it'}",
-              file=sys.stderr)
-        sys.exit(143)
-    except Exception as err:
-        cause = user_error(err)
-        if cause is None:
-            raise
-        print(f"dl4: error: {cause}", file=sys.stderr)
-        sys.exit(next(status for kind, status in EXIT_STATUS.items() if isinstance(cause, kind)))
-
-
-def user_error(err: BaseException) -> Exception | None:
-    """The missing dataset, impossible setting, unusable checkpoint or divergence behind ``err``, if one is:
-    jsonargparse wraps the errors of the classes it builds (a network inside a model's ``init_args``) in its own,
-    so the chain is searched. A checkpoint whose weights do not fit the configured network becomes a ConfigError."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, tuple(EXIT_STATUS)):
-            return err
-        if isinstance(err, RuntimeError) and "Error(s) in loading state_dict" in str(err):
-            detail = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), "")
-            return ConfigError(f"the checkpoint's weights do not fit the model as configured ({detail}): a "
-                               "--model.* flag changes the network's shape; drop it to use the checkpoint's")
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None
-
-
 if __name__ == "__main__":
+    from dl4.console import main
+
     main()

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from datamodules.data_root import DatasetNotFoundError, default_data_dir
+from dl4.data_root import DatasetNotFoundError, default_data_dir
 from datamodules.download import DOWNLOADS, check
 from datamodules.integrity import CorruptDataError
-from lightning_models.errors import ConfigError
+from dl4.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 NTM_CONFIGS = ("ntm_copy", "ntm_repeat_copy", "ntm_associative_recall")

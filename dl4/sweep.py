@@ -4,7 +4,7 @@
     dl4 sweep sweeps/vae_mnist.yaml --count 10 --storage /shared/vae.journal    # on every machine sharing the sweep
 
 The engine is Optuna, through W&B's own translation of its sweep format (``wandb.sdk.sweeps.scheduler.optuna``,
-the ``wandb[optuna]`` extra). W&B's own sweep engine (the ``sweeps`` package behind ``wandb[sweeps]``) requires
+the ``wandb[optuna]`` extra; ``dl4/internals.py``). W&B's own sweep engine (the ``sweeps`` package behind ``wandb[sweeps]``) requires
 numpy < 2, which would downgrade the numpy that torch and the rest were installed with. ``method`` maps to
 Optuna's samplers: grid -> GridSampler, random -> RandomSampler, bayes -> TPESampler (Optuna's Bayesian optimiser;
 W&B's ``bayes`` is a Gaussian process, so the two propose different points). ``early_terminate`` is W&B's server's
@@ -28,12 +28,12 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
-from unittest import mock
 
 import yaml
 
-from lightning_models.errors import ConfigError
+from dl4.errors import ConfigError
 
 METHODS = {"grid", "random", "bayes"}
 TOP_LEVEL = {"program", "command", "method", "metric", "parameters", "early_terminate", "name", "description",
@@ -87,7 +87,7 @@ def load_sweep(path: str | Path) -> dict:
     parameters = spec.get("parameters")
     if not isinstance(parameters, dict) or not parameters:
         bad("parameters", "a mapping of CLI keys (e.g. model.init_args.lr) to W&B parameter specs")
-    from wandb.sdk.sweeps.scheduler.optuna import sweep_parameter_to_distribution
+    from dl4.internals import sweep_parameter_to_distribution
 
     for key, parameter in parameters.items():
         where = f"parameters.{key}"
@@ -113,7 +113,7 @@ def agent_command(spec: dict, params: dict) -> list[str]:
     """The command line W&B's agent starts for a run with these parameters: ``wandb/wandb_agent.py``,
     ``Agent._command_run``, with ``wandb/sdk/launch/sweeps/utils.py``'s ``create_sweep_command_args`` building
     ``${args}`` (``--key=value``, the value written by Python's ``str``: True, [16, 32], 'mask')."""
-    from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
+    from dl4.internals import create_sweep_command, create_sweep_command_args
 
     sweep_vars = create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})
     sweep_vars.update(interpreter=["python"], program=[spec.get("program", "dl4")], env=["/usr/bin/env"])
@@ -137,17 +137,16 @@ def check_parses(command: list[str]) -> dict:
     parser's one-line reason."""
     from dl4.cli import DL4CLI
 
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), mock.patch.object(sys, "argv", sys.argv[:1]):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # dl4 sweep's own argv
         try:
             DL4CLI(args=[*command[1:], "--print_config"])
-            status = 0
-        except SystemExit as stop:
-            status = stop.code or 0
-    if status:
-        lines = [line for line in err.getvalue().splitlines() if line.strip()]
-        reason = next((line for line in reversed(lines) if "error:" in line), lines[-1] if lines else "")
-        raise ConfigError(f"the sweep's command does not parse ({' '.join(command)}): {reason.strip()}")
+        except ConfigError as err:
+            raise ConfigError(f"the sweep's command does not parse ({' '.join(command)}): {err}") from None
+        except SystemExit as stop:  # --print_config's exit (0), or a parser exit without a message
+            if stop.code:
+                raise ConfigError(f"the sweep's command does not parse ({' '.join(command)})") from None
     return yaml.safe_load(out.getvalue())
 
 
@@ -158,7 +157,8 @@ class Engine:
         import optuna
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
-        from wandb.sdk.sweeps.scheduler.optuna import search_space_from_sweep_config, sweep_directions
+
+        from dl4.internals import search_space_from_sweep_config, sweep_directions
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         parameters = spec["parameters"]
@@ -205,7 +205,8 @@ def run_trial(spec: dict, engine: Engine, group: str, logs: Path) -> dict:
     """One trial: the agent's command for the engine's next point, as a ``dl4 fit`` subprocess in the W&B run
     ``WANDB_RUN_ID`` (a fresh id) of the group; then the run's metric is read and told to the engine."""
     import optuna
-    from wandb.sdk.lib.runid import generate_id  # the ids W&B gives its runs
+
+    from dl4.internals import generate_id  # the ids W&B gives its runs
 
     trial, params = engine.ask()
     run_id = generate_id()

@@ -11,7 +11,7 @@ import json
 import struct
 from pathlib import Path
 
-from wandb.proto import wandb_internal_pb2
+from dl4.internals import wandb_record
 
 BLOCK, HEADER = 32768, 7
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
@@ -32,7 +32,7 @@ def records(path: Path):
             continue
         pending = chunk if kind in (FULL, FIRST) else pending + chunk
         if kind in (FULL, LAST):
-            record = wandb_internal_pb2.Record()
+            record = wandb_record()
             record.ParseFromString(pending)
             yield record
 

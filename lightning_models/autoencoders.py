@@ -13,7 +13,7 @@ from torchmetrics import MeanMetric
 
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
-from lightning_models.errors import ConfigError, check_fraction, check_positive
+from dl4.errors import ConfigError, check_fraction, check_positive
 from lightning_models.nn.autoencoders import (Encoder, contractive_penalty_sigmoid, gaussian_noise,
                                               jacobian_frobenius_sq, kl_sparsity, masking_noise, mirrored_mlps,
                                               reconstruction_error, top_k)

@@ -15,11 +15,12 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MeanMetric
 
-from lightning_models.errors import ConfigError, check_positive
+from dl4.errors import ConfigError, check_positive
 from lightning_models.nn.gan import (MLPDiscriminator, MLPGenerator, Prior, discriminator_loss, generator_loss,
                                      sample_noise, uniform_init)
 from lightning_models.nn.parzen import MNIST_SIGMAS, MeanStdErr, parzen_log_likelihood, select_sigma
 from lightning_models.checkpoints import restore_network_configs
+from dl4.internals import find_unused_parameters
 from lightning_models.optim import trainable
 from lightning_models.train_logging import log_train_metrics
 
@@ -106,9 +107,7 @@ class GAN(L.LightningModule):
     def setup(self, stage: str) -> None:
         # each player's step leaves the other's parameters without a gradient, so under DDP the reducer must look
         # for unused parameters (what `strategy=ddp_find_unused_parameters_true` sets); an explicit choice stays
-        ddp_kwargs = getattr(self.trainer.strategy, "_ddp_kwargs", None)
-        if isinstance(ddp_kwargs, dict):
-            ddp_kwargs.setdefault("find_unused_parameters", True)
+        find_unused_parameters(self.trainer.strategy)
 
     def on_fit_start(self) -> None:
         # a fresh run only: a resumed run's weights are already restored (and its global_step is still 0 here)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics import MeanMetric, Metric
 
-from lightning_models.errors import ConfigError, check_fraction, check_positive
+from dl4.errors import ConfigError, check_fraction, check_positive
 from lightning_models.nn.memn2n import EndToEndMemoryNetwork, random_time_gaps
 from lightning_models.optim import trainable
 from lightning_models.schedules import HalvingLR

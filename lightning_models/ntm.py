@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics import Metric
 
-from lightning_models.errors import ConfigError, check_positive
+from dl4.errors import ConfigError, check_positive
+from dl4.internals import backend_compiler_failed
 from lightning_models.nn.ntm import MemoryInit, NeuralTuringMachine, StackedLSTM
 from lightning_models.optim import optimizer_with_schedule, trainable
 from lightning_models.train_logging import log_train_metrics
@@ -208,7 +209,7 @@ class NTM(SequenceLearner):
     def training_step(self, batch, batch_idx):
         try:
             return super().training_step(batch, batch_idx)
-        except torch._dynamo.exc.BackendCompilerFailed as err:
+        except backend_compiler_failed() as err:
             raise RuntimeError(f"torch.compile could not build the NTM's step on this machine ({type(err).__name__}"
                                f": {str(err).splitlines()[0][:300]}). Install a C++ compiler (g++), or train "
                                f"eagerly with model.init_args.compile: false") from None

@@ -7,6 +7,8 @@ from lightning.pytorch.cli import ReduceLROnPlateau
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from dl4.internals import set_last_lr
+
 
 class ExponentialLRFrom(LambdaLR):
     """lr = base_lr * gamma ** max(0, epoch - start_epoch): constant while a task is first learned, then decaying
@@ -60,4 +62,4 @@ class DecayOnceBelow(ReduceLROnPlateau):
         if self.reached:
             for group, floor in zip(self.optimizer.param_groups, self.min_lrs):
                 group["lr"] = max(group["lr"] * self.factor, floor)
-        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        set_last_lr(self)  # where get_last_lr() reads the rates

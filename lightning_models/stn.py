@@ -13,7 +13,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_models.checkpoints import restore_network_configs
-from lightning_models.errors import check_positive
+from dl4.errors import check_positive
 from lightning_models.optim import optimizer_with_schedule, trainable
 from lightning_models.nn.stn import SpatialTransformer, affine_scale_rotation
 from lightning_models.train_logging import log_train_metrics

@@ -11,7 +11,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MeanMetric
 
-from lightning_models.errors import ConfigError, check_positive
+from dl4.errors import ConfigError, check_positive
 from lightning_models.nn.autoencoders import mirrored_mlps
 from lightning_models.nn.vae import gaussian_kl, importance_weighted_nll, log_likelihood, reparameterize
 from lightning_models.checkpoints import restore_network_configs

@@ -20,7 +20,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from lightning_models.checkpoints import restore_network_configs
-from lightning_models.errors import ConfigError, check_positive
+from dl4.errors import ConfigError, check_positive
 from lightning_models.optim import optimizer_with_schedule, trainable
 from lightning_models.nn.vse import (beam_search, decode, embedding_arithmetic, greedy_decode, pairwise_ranking_loss,
                                      recall_at, retrieval_ranks)
@@ -110,7 +110,7 @@ class VSE(L.LightningModule):
             self.W_T.weight.requires_grad_(False)
 
     def _load_word_vectors(self, path: str) -> None:
-        from datamodules.data_root import default_data_dir
+        from dl4.data_root import default_data_dir
 
         file = Path(path) if Path(path).is_absolute() else Path(default_data_dir()) / path
         if not file.is_file():

@@ -427,7 +427,7 @@ def _constructors():
 
 @pytest.mark.parametrize("case", range(len(_constructors())))
 def test_every_constructor_names_an_impossible_setting(case):
-    from lightning_models.errors import ConfigError
+    from dl4.errors import ConfigError
 
     build, message = _constructors()[case]
     with pytest.raises(ConfigError, match=re.escape(message)):

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_models.errors import ConfigError, check_fraction, check_positive
+from dl4.errors import ConfigError, check_fraction, check_positive
 from lightning_models.nn.autoencoders import nonlinearity
 
 Prior = Literal["uniform", "gaussian"]

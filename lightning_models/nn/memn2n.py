@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_models.errors import check_positive
+from dl4.errors import check_positive
 
 
 def position_encoding(sentence_length: int, embedding_dim: int) -> torch.Tensor:

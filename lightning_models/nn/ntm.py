@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_models.errors import ConfigError, check_positive
+from dl4.errors import ConfigError, check_positive
 
 MemoryInit = Literal["constant", "learned", "random"]
 

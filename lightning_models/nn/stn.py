@@ -11,6 +11,8 @@ Coordinates are normalised to [-1, 1] over the image (-1 the left/top edge, +1 t
 ``align_corners=False`` everywhere (``ALIGN_CORNERS``): pixel i of W lies at (2i + 1)/W - 1, so a grid generated for
 one size samples another size consistently, and the identity transform at the same size reads every pixel centre
 exactly. The sampler is ``F.grid_sample`` (bilinear, zeros outside the image), the slide's eq. 5 with U = 0 outside.
+The grid generators of eq. 1 and the homography, and the sampler of eq. 5, are in ``dl4/warps.py``: the distorted
+MNIST data warps its digits with the same functions, and data and models share them from there.
 """
 
 import math
@@ -21,33 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_models.errors import ConfigError
+from dl4.errors import ConfigError
+from dl4.warps import ALIGN_CORNERS, affine_grid, bilinear_sample, projective_grid, target_grid
 
-ALIGN_CORNERS = False
 Transform = Literal["affine", "projective", "tps"]
-
-
-def target_grid(height: int, width: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """G: the normalised (x^t, y^t) of every output pixel centre, (H * W, 2), row by row (the identity's grid)."""
-    identity = torch.eye(2, 3, device=device, dtype=dtype).unsqueeze(0)
-    return F.affine_grid(identity, [1, 1, height, width], align_corners=ALIGN_CORNERS).view(-1, 2)
-
-
-def affine_grid(theta: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """(x^s, y^s)^T = A_theta (x^t, y^t, 1)^T with A_theta (B, 2, 3) (eq. 1); returns the grid (B, H', W', 2)."""
-    return F.affine_grid(theta, list(size), align_corners=ALIGN_CORNERS)
-
-
-def projective_grid(theta: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """A homography: (x', y', w')^T = H_theta (x^t, y^t, 1)^T, (x^s, y^s) = (x'/w', y'/w') (sec. 3.2's "more
-    constrained and general" transforms). ``theta`` (B, 8) holds H's first 8 entries row by row; h_33 = 1.
-    Returns the grid (B, H', W', 2)."""
-    B, _, height, width = size
-    H = torch.cat([theta, theta.new_ones(B, 1)], dim=1).view(B, 3, 3)
-    G = target_grid(height, width, theta.device, theta.dtype)
-    G = torch.cat([G, G.new_ones(len(G), 1)], dim=1)  # homogeneous target coordinates (H'W', 3)
-    source = G @ H.transpose(1, 2)  # (B, H'W', 3)
-    return (source[..., :2] / source[..., 2:]).view(B, height, width, 2)
 
 
 def tps_kernel(r2: torch.Tensor) -> torch.Tensor:
@@ -100,12 +79,6 @@ class TPSGridGenerator(nn.Module):
         """theta (B, 2K), the source positions P' -> the grid (B, H', W', 2)."""
         source = self.M @ theta.view(len(theta), -1, 2)  # (B, H'W', 2)
         return source.view(len(theta), *self.size, 2)
-
-
-def bilinear_sample(U: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """V_i = sum_n sum_m U_nm max(0, 1 - |x^s_i - m|) max(0, 1 - |y^s_i - n|) (eq. 5), U = 0 outside the image;
-    differentiable in U and in the sampling coordinates (eqs. 6-7)."""
-    return F.grid_sample(U, grid, mode="bilinear", padding_mode="zeros", align_corners=ALIGN_CORNERS)
 
 
 def identity_theta(transform: Transform, tps_grid: Sequence[int] = (4, 4)) -> torch.Tensor:

@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from lightning_models.errors import ConfigError
+from dl4.errors import ConfigError
 
 LOG_2PI = math.log(2 * math.pi)
 

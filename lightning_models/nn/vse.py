@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from lightning_models.errors import ConfigError, check_positive
+from dl4.errors import ConfigError, check_positive
+from dl4.text import END, PAD, START, decode  # noqa: F401  (decode: the module's captions as text)
 
 
 # image encoders: images -> q (B, out_features)
@@ -280,20 +281,6 @@ class CaptionDecoder(nn.Module):
     @staticmethod
     def reorder(state, index: torch.Tensor):
         return tuple(s[:, index] for s in state)
-
-
-PAD, START, END = 0, 1, 2  # the vocabulary's first ids (then <unk>), as datamodules.coco_captions.Vocabulary has
-
-
-def decode(ids, words: list[str]) -> str:
-    """Caption ids -> text, up to the first ``<end>``, without ``<start>`` and ``<pad>``."""
-    out = []
-    for i in (ids.tolist() if torch.is_tensor(ids) else ids):
-        if i == END:
-            break
-        if i not in (PAD, START):
-            out.append(words[i])
-    return " ".join(out)
 
 
 Step = Callable[[torch.Tensor, object], tuple[torch.Tensor, object]]  # (tokens (N,), state) -> (log p (N, V), state)

@@ -13,11 +13,12 @@ from torchvision.io import decode_image
 
 from conftest import require_dataset
 from datamodules import CocoCaptionsDataModule, DatasetNotFoundError
-from datamodules.coco_captions import CaptionShuffle, Vocabulary, precompute_features, tokenize
+from datamodules.coco_captions import CaptionShuffle, Vocabulary, tokenize
+from dl4.features import precompute_features
 from datamodules.integrity import CorruptDataError
 from datamodules.mnist_captions import (COLOURS, NUMBERS, MNISTCaptionsDataModule, content, parse_caption,
                                         write_mnist_captions)
-from lightning_models.errors import ConfigError
+from dl4.errors import ConfigError
 
 SMALL = {"train": 300, "val": 60, "test": 60}
 

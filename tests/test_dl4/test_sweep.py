@@ -10,7 +10,7 @@ from conftest import CAPTION_SIZE_ARGS, REPO, dl4_here
 from dl4 import sweep
 from dl4.wandb_records import config as run_config
 from dl4.wandb_records import history, records
-from lightning_models.errors import ConfigError
+from dl4.errors import ConfigError
 
 SWEEPS = sorted((REPO / "sweeps").glob("*.yaml"))
 TINY = ["--trainer.max_epochs=2", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=2",

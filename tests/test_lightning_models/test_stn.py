@@ -40,7 +40,7 @@ def test_st_cnn_learns_rts_and_zooms_in_and_beats_the_cnn_on_the_same_budget(mni
 def test_impossible_transformer_settings_are_one_line_errors_before_any_run(tmp_path, mnist_root, monkeypatch, capsys):
     from conftest import dl4_here
 
-    from lightning_models.errors import ConfigError
+    from dl4.errors import ConfigError
     from lightning_models.nn.stn import LocalisationCNN, SpatialTransformer
 
     for kwargs, message in (({"tps_grid": (1, 4)}, "SpatialTransformer tps_grid must be at least 2 x 2"),

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_models.errors import ConfigError
+from dl4.errors import ConfigError
 from lightning_models.nn.vse import (CaptionDecoder, PeepholeLSTM, SentenceEncoder, SmallCNN, beam_search, decode,
                                      embedding_arithmetic, greedy_decode, pairwise_ranking_loss, recall_at,
                                      retrieval_ranks)
