@@ -194,7 +194,8 @@ class TimeBudget(ModelCheckpoint):
         # save_top_k=0: only last.ckpt; no version counter: a resumed job overwrites it rather than writing last-v1
         super().__init__(dirpath=dirpath, save_last=True, save_top_k=0, every_n_epochs=every_n_epochs,
                          enable_version_counter=False)
-        self.seconds, self.every_n_epochs = seconds, every_n_epochs
+        self.seconds = seconds
+        self.saved_step: int | None = None
         self._start = time.monotonic()
         self._mark: float | None = None
         self._longest_epoch = 0.0
@@ -219,8 +220,16 @@ class TimeBudget(ModelCheckpoint):
         if trainer.sanity_checking or trainer.fast_dev_run:
             return
         if trainer.should_stop or epoch % self.every_n_epochs == 0 or epoch == trainer.max_epochs:
-            self.last_model_path = str(Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}")
-            trainer.save_checkpoint(self.last_model_path)  # on every rank: rank zero writes it
+            self.write_last(trainer)
+
+    def on_train_end(self, trainer, pl_module):
+        if self.saved_step != trainer.global_step and not trainer.fast_dev_run:  # stopped mid-epoch (max_steps)
+            self.write_last(trainer)
+
+    def write_last(self, trainer):
+        self.last_model_path = str(Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}")
+        trainer.save_checkpoint(self.last_model_path)  # on every rank: rank zero writes it
+        self.saved_step = trainer.global_step
 
     def on_validation_end(self, trainer, pl_module):
         pass  # saves at the training epoch's end only, after the module's own epoch-end step (its schedulers)

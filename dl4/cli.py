@@ -130,14 +130,14 @@ class DL4CLI(CheckpointHparamsHook):
         """Every run gets the fault callbacks (``callbacks/faults.py``), ``BroadcastBuffers`` (under DDP every process
         validates rank zero's model, ``callbacks/distributed.py``) and ``SafeCheckpointIO``."""
         config = self.config_init.get(self.subcommand, self.config_init).get("trainer") or {}
-        callbacks = config.get("callbacks") or []
-        callbacks = [*(callbacks if isinstance(callbacks, list) else [callbacks]),
+        configured = config.get("callbacks") or []
+        every_run = [*(configured if isinstance(configured, list) else [configured]),
                      DivergenceGuard(), PreemptionCheckpoint(), RunState(), BroadcastBuffers()]
         plugins = config.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(SafeCheckpointIO())
-        return super().instantiate_trainer(callbacks=callbacks, plugins=plugins, **kwargs)
+        return super().instantiate_trainer(callbacks=every_run, plugins=plugins, **kwargs)
 
     def before_instantiate_classes(self):
         """CSV and TensorBoard runs get a version folder of their own even when several start at once

@@ -6,6 +6,7 @@ split's images (here, not in ``datamodules/``, because it puts a model on the da
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from datamodules.coco_captions import CocoCaptionsDataModule

@@ -131,11 +131,11 @@ def dl4(*args, cwd, data_root=None, timeout=300) -> subprocess.CompletedProcess:
 
 
 def dl4_here(*args, cwd, monkeypatch, capture=None, data_root=None) -> subprocess.CompletedProcess:
-    """`dl4` run by its entry point (``dl4.cli.main``) in this process: the same exit status and output as the
+    """`dl4` run by its entry point (``dl4.console.main``) in this process: the same exit status and output as the
     console script (``capture`` is pytest's ``capfd``, which sees Lightning's log lines too, or ``capsys``; without
     one, the output is not kept), without a new interpreter's 8 s of imports. For runs that need no process of their
     own (no signals, no DDP, no W&B). ``monkeypatch`` may be ``pytest.MonkeyPatch.context()``'s, in a fixture."""
-    from dl4.cli import main
+    from dl4.console import main
 
     monkeypatch.chdir(cwd)
     if data_root:

@@ -1,6 +1,6 @@
 """Faults, through dl4's entry point: each case asserts the exit status, the one-line message and that nothing the
 user had was changed. The README's table "When things go wrong" lists them. Signals, runs side by side and W&B go
-through the real ``dl4`` console script; the rest run ``dl4.cli.main`` in this process (``here``: the same exit
+through the real ``dl4`` console script; the rest run ``dl4.console.main`` in this process (``here``: the same exit
 status and output, without a new interpreter's 10 s of imports)."""
 
 import functools

@@ -20,11 +20,10 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dl4.errors import ConfigError
-from dl4.warps import ALIGN_CORNERS, affine_grid, bilinear_sample, projective_grid, target_grid
+from dl4.warps import affine_grid, bilinear_sample, projective_grid, target_grid
 
 Transform = Literal["affine", "projective", "tps"]
 

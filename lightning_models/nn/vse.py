@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from dl4.errors import ConfigError, check_positive
-from dl4.text import END, PAD, START, decode  # noqa: F401  (decode: the module's captions as text)
+from dl4.text import decode  # noqa: F401  (caption ids to text, with the decoders here)
 
 
 # image encoders: images -> q (B, out_features)

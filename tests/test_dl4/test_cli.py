@@ -82,7 +82,7 @@ ELSEWHERE = {"vse_mnist_captions_decoder.yaml": "stage 2 needs stage 1's checkpo
 @pytest.mark.slow
 @pytest.mark.parametrize("config", [c for c in ALL_CONFIGS if c not in ELSEWHERE])
 def test_config_trains_then_tests_from_its_checkpoint(config, tmp_path, mnist_root, monkeypatch, capfd):
-    """Every config as it is, through dl4's entry point (``dl4.cli.main``, in this process: the console script
+    """Every config as it is, through dl4's entry point (``dl4.console.main``, in this process: the console script
     itself is run by the tests of the families, of faults and of DDP): `dl4 fit` (one epoch of 2 batches, 2
     validation batches, every picture callback drawing) writes a checkpoint (last.ckpt where the config keeps one);
     `dl4 test --ckpt_path` runs on it (once per model and datamodule class, ``TESTED``); and
@@ -221,7 +221,7 @@ def test_console_script_is_the_installed_entry_point():
     out = subprocess.run([sys.executable, "-c", "import importlib.metadata as m; "
                           "print([e.value for e in m.entry_points(group='console_scripts') if e.name == 'dl4'])"],
                          capture_output=True, text=True)
-    assert "dl4.cli:main" in out.stdout
+    assert "dl4.console:main" in out.stdout
 
 
 def test_runtime_drops_lightnings_per_step_nvml_probe_without_a_gpu():

@@ -79,7 +79,7 @@ def test_a_key_the_config_does_not_have_fails_before_any_run(tmp_path, monkeypat
     spec["command"] = [c.replace("configs/", f"{REPO}/configs/") for c in spec["command"]]
     (tmp_path / "typo.yaml").write_text(yaml.safe_dump(spec))
     monkeypatch.chdir(tmp_path)
-    from dl4.cli import main
+    from dl4.console import main
 
     with pytest.raises(SystemExit) as stop:
         main(["sweep", "typo.yaml", "--count", "1"])
