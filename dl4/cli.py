@@ -10,15 +10,18 @@ Runs log to Weights & Biases, offline unless the user is logged in (WANDB_API_KE
 WANDB_MODE; an offline run never touches the network and can be uploaded later with ``wandb sync``.
 """
 
+import logging
 import os
+import shlex
 import sys
+import warnings
 from pathlib import Path
 from typing import Literal
 
 import torch
 import yaml
 from lightning.pytorch.cli import SaveConfigCallback
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from jsonargparse import ArgumentError  # what jsonargparse raises with exit_on_error=False
@@ -55,7 +58,7 @@ class SaveConfigToRun(SaveConfigCallback):
         super().setup(trainer, pl_module, stage)
 
     def save_config(self, trainer, pl_module, stage):
-        config = self.parser.dump(self.config, skip_none=False)
+        config = self.parser.dump(self.config, skip_unset=False)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_hyperparams(yaml.safe_load(config))
@@ -107,7 +110,7 @@ class DL4CLI(CheckpointHparamsHook):
         path = config.ckpt_path
         if path == "last":
             path = str(find_last(checkpoint_folders(config.trainer), configured))
-            print(f"Resuming from {path}", flush=True)
+            print(f"{'Resuming from' if subcommand == 'fit' else 'Checkpoint:'} {path}", flush=True)
         elif path in ("best", "hpc", "registry"):
             raise CheckpointError(f"--ckpt_path {path} only means something inside one Python process: give a "
                                   "checkpoint file, or 'last'")
@@ -153,6 +156,8 @@ class DL4CLI(CheckpointHparamsHook):
                 wandb_or_offline()
 
     def after_fit(self):
+        """Where the run is and what to do next: look at it (W&B's terminal viewer ``wandb leet`` reads an offline
+        run; TensorBoard a TensorBoard run), upload it, and test its checkpoint with this run's own arguments."""
         trainer = self.trainer
         if not trainer.is_global_zero:
             return
@@ -162,16 +167,33 @@ class DL4CLI(CheckpointHparamsHook):
                 run = logger.experiment
                 run_dir = Path(run.dir).parent
                 if run.settings.mode == "offline":
-                    lines.append(f"W&B run (offline): {run_dir}\n  upload it with: wandb sync {run_dir}")
+                    lines.append(f"W&B run (offline): {run_dir}\n  look at it: wandb leet {run_dir}\n"
+                                 f"  upload it: wandb sync {run_dir}")
                 else:
                     lines.append(f"W&B run: {run.url} (local files: {run_dir})")
+            elif isinstance(logger, TensorBoardLogger):
+                lines.append(f"Logs: {logger.log_dir}\n  look at them: tensorboard --logdir {logger.log_dir}")
             elif getattr(logger, "log_dir", None):
                 lines.append(f"Logs: {logger.log_dir}")
-        ckpt = trainer.checkpoint_callback
-        best = ckpt and (ckpt.best_model_path or ckpt.last_model_path)
-        if best and Path(best).is_file():
-            lines.append(f"Checkpoints: {ckpt.dirpath}\n  test with: dl4 test --config <config> --ckpt_path {best}")
+        saved = [path for cb in trainer.checkpoint_callbacks for path in (cb.best_model_path, cb.last_model_path)
+                 if path and Path(path).is_file()]
+        if saved:
+            lines.append(f"Checkpoints: {Path(saved[0]).parent}\n  test with: {self.test_command(saved[0])}")
         print("\n".join(lines), flush=True)
+
+    def test_command(self, checkpoint: str) -> str:
+        """``dl4 test`` with this run's arguments (its config files and flags) and ``--ckpt_path``."""
+        args, skip = [], False
+        for arg in self.command_line:
+            if skip or arg == "fit":
+                skip = False
+                continue
+            if arg == "--ckpt_path":
+                skip = True
+                continue
+            if not arg.startswith("--ckpt_path="):
+                args.append(arg)
+        return shlex.join(["dl4", "test", *args, "--ckpt_path", checkpoint])
 
 
 def configure_runtime() -> None:
@@ -180,6 +202,7 @@ def configure_runtime() -> None:
     - W&B logs offline unless asked (WANDB_MODE) or credentials exist (WANDB_API_KEY, ~/.netrc): never blocks.
     - The progress bar redraws every 10 steps (TQDM_MINITERS, which Lightning honours; set it to 1 for every
       step): a redraw per step, captured by W&B's console logging, costs as much as a small model's step.
+    - Lightning's advertisement and its own deprecated call's notice are not printed (``quiet_third_party``).
     - Denormal floats are flushed to zero: late in training they slow CPU kernels down many times.
     - On a machine without a GPU, CUDA availability is checked the plain way. Lightning sets
       PYTORCH_NVML_BASED_CUDA_CHECK=1 at import (a fork-safe check), and then every optimizer step of a CUDA build of
@@ -187,6 +210,7 @@ def configure_runtime() -> None:
       about 0.15 ms a step. With no GPU there is nothing for a fork to poison, so the variable is dropped.
     """
     os.environ.setdefault("TQDM_MINITERS", "10")
+    quiet_third_party()
     torch.set_flush_denormal(True)
     if os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1" and not torch.cuda.is_available():
         del os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"]
@@ -196,6 +220,23 @@ def configure_runtime() -> None:
     if netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
         return
     os.environ["WANDB_MODE"] = "offline"
+
+
+class NoAdvertisement(logging.Filter):
+    """Drops Lightning's "Tip: ... try installing litlogger" line, printed at every run's start."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def quiet_third_party() -> None:
+    """What every run would print that no dl4 user can act on: Lightning's advertisement for its logging service,
+    and Lightning 2.6.6's own deprecated ``isinstance(treespec, LeafSpec)`` call under torch 2.14 (a FutureWarning
+    at every run's first batch; Lightning's code, not dl4's)."""
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, NoAdvertisement) for f in logger.filters):
+        logger.addFilter(NoAdvertisement())
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
 
 
 def wandb_or_offline(timeout: float = 10.0) -> None:

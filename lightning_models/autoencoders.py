@@ -6,7 +6,6 @@ the building blocks are in ``lightning_models.nn.autoencoders``.
 
 from typing import Literal
 
-import lightning as L
 import torch
 from torch import nn
 from torchmetrics import MeanMetric
@@ -17,12 +16,12 @@ from dl4.errors import ConfigError, check_fraction, check_positive
 from lightning_models.nn.autoencoders import (Encoder, contractive_penalty_sigmoid, gaussian_noise,
                                               jacobian_frobenius_sq, kl_sparsity, masking_noise, mirrored_mlps,
                                               reconstruction_error, top_k)
-from lightning_models.checkpoints import restore_network_configs
+from lightning_models.checkpoints import ConfiguredNetworks
 from lightning_models.optim import fused_adam, optimizer_with_schedule, trainable
 from lightning_models.train_logging import log_train_metrics
 
 
-class Autoencoder(L.LightningModule):
+class Autoencoder(ConfiguredNetworks):
     """Minimise ||x - psi(phi(x))||^2, or the Bernoulli cross-entropy for (near-)binary data.
 
     Args:
@@ -51,9 +50,6 @@ class Autoencoder(L.LightningModule):
                              f"decoder.init_args.code_dim ({code_dims[1]}) differ: the decoder reads the encoder's code")
         self.encoder, self.decoder = encoder, decoder
         self.val_recon, self.test_recon = MeanMetric(), MeanMetric()
-
-    def on_load_checkpoint(self, checkpoint):
-        restore_network_configs(self, checkpoint)
 
     # --- the model, usable without a trainer ---
     def encode(self, x: torch.Tensor) -> torch.Tensor:

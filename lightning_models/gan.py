@@ -9,7 +9,6 @@ with one G-step. On the batches with a G-step, the generator's samples of the D-
 from collections.abc import Sequence
 from typing import Literal
 
-import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
@@ -19,7 +18,7 @@ from dl4.errors import ConfigError, check_positive
 from lightning_models.nn.gan import (MLPDiscriminator, MLPGenerator, Prior, discriminator_loss, generator_loss,
                                      sample_noise, uniform_init)
 from lightning_models.nn.parzen import MNIST_SIGMAS, MeanStdErr, parzen_log_likelihood, select_sigma
-from lightning_models.checkpoints import restore_network_configs
+from lightning_models.checkpoints import ConfiguredNetworks
 from dl4.internals import find_unused_parameters
 from lightning_models.optim import trainable
 from lightning_models.train_logging import log_train_metrics
@@ -32,7 +31,7 @@ def default_adam(params) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=2e-4, betas=(0.5, 0.999), fused=fused)
 
 
-class GAN(L.LightningModule):
+class GAN(ConfiguredNetworks):
     """Generator G(z) and discriminator D(x) playing the minimax game of eq. 1.
 
     Args:
@@ -100,9 +99,6 @@ class GAN(L.LightningModule):
         self.train_d_acc = MeanMetric()
         self.test_parzen = MeanStdErr()
         self._g_loss: torch.Tensor | None = None
-
-    def on_load_checkpoint(self, checkpoint):
-        restore_network_configs(self, checkpoint)
 
     def setup(self, stage: str) -> None:
         # each player's step leaves the other's parameters without a gradient, so under DDP the reducer must look

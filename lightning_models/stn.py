@@ -4,7 +4,6 @@ The transformer and the classifier are networks given in the config (``lightning
 transformer the model is the plain baseline. Errors are reported in %, as the paper's table does.
 """
 
-import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 import torch.nn.functional as F
@@ -12,14 +11,14 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_models.checkpoints import restore_network_configs
+from lightning_models.checkpoints import ConfiguredNetworks
 from dl4.errors import check_positive
 from lightning_models.optim import optimizer_with_schedule, trainable
 from lightning_models.nn.stn import SpatialTransformer, affine_scale_rotation
 from lightning_models.train_logging import log_train_metrics
 
 
-class STNClassifier(L.LightningModule):
+class STNClassifier(ConfiguredNetworks):
     """logits = classifier(V), V = transformer(U) (or U itself without a transformer); cross-entropy.
 
     Args:
@@ -45,9 +44,6 @@ class STNClassifier(L.LightningModule):
         self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.test_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.val_scale = MeanMetric()  # the affine transformer's mean scale: below 1 when it zooms in
-
-    def on_load_checkpoint(self, checkpoint):
-        restore_network_configs(self, checkpoint)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Class logits and the transformer's theta (None without a transformer)."""

@@ -5,7 +5,6 @@ Trained on -ELBO = KL(q(z|x) || p(z)) - E_q[log p(x|z)]; tested on -ELBO and the
 
 from typing import Literal
 
-import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
@@ -14,12 +13,12 @@ from torchmetrics import MeanMetric
 from dl4.errors import ConfigError, check_positive
 from lightning_models.nn.autoencoders import mirrored_mlps
 from lightning_models.nn.vae import gaussian_kl, importance_weighted_nll, log_likelihood, reparameterize
-from lightning_models.checkpoints import restore_network_configs
+from lightning_models.checkpoints import ConfiguredNetworks
 from lightning_models.optim import fused_adam, optimizer_with_schedule, trainable
 from lightning_models.train_logging import log_train_metrics
 
 
-class VAE(L.LightningModule):
+class VAE(ConfiguredNetworks):
     """Gaussian encoder q(z|x) = N(mu(x), diag sigma^2(x)), prior N(0, I), MLP decoder p(x|z).
 
     Args:
@@ -57,9 +56,6 @@ class VAE(L.LightningModule):
                              f"{likelihood} likelihood, got {decoder.out_channels}")
         self.encoder, self.decoder = encoder, decoder
         self.val_elbo, self.test_elbo, self.test_iw_nll = MeanMetric(), MeanMetric(), MeanMetric()
-
-    def on_load_checkpoint(self, checkpoint):
-        restore_network_configs(self, checkpoint)
 
     def encode_distribution(self, x):
         """The mean and log-variance of q(z|x)."""

@@ -13,13 +13,12 @@ CIDEr-D (pycocoevalcap), and, where the datamodule knows what each image shows (
 
 from pathlib import Path
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from lightning_models.checkpoints import restore_network_configs
+from lightning_models.checkpoints import ConfiguredNetworks
 from dl4.errors import ConfigError, check_positive
 from lightning_models.optim import optimizer_with_schedule, trainable
 from lightning_models.nn.vse import (beam_search, decode, embedding_arithmetic, greedy_decode, pairwise_ranking_loss,
@@ -27,7 +26,7 @@ from lightning_models.nn.vse import (beam_search, decode, embedding_arithmetic, 
 from lightning_models.train_logging import log_train_metrics
 
 
-class VSE(L.LightningModule):
+class VSE(ConfiguredNetworks):
     """Args:
         image_encoder: images (or precomputed features) -> q (B, out_features): ``lightning_models.nn.vse.SmallCNN``,
             ``TorchvisionEncoder`` or ``PrecomputedFeatures``.
@@ -173,9 +172,6 @@ class VSE(L.LightningModule):
     def on_save_checkpoint(self, checkpoint):
         # its weights are in this state (the file may be gone where the checkpoint is loaded)
         checkpoint["hyper_parameters"] = {**checkpoint["hyper_parameters"], "embedding_from": None}
-
-    def on_load_checkpoint(self, checkpoint):
-        restore_network_configs(self, checkpoint)
 
     # the two embeddings and the decoder
     def image_codes(self, images: torch.Tensor) -> torch.Tensor:
