@@ -38,6 +38,9 @@ W&B
   ``create_sweep_command``/``create_sweep_command_args``: the command line W&B's agent gives a trial
   (``wandb.sdk.launch.sweeps.utils``); ``generate_id``: W&B's run ids (``wandb.sdk.lib.runid``). ``dl4 sweep``
   runs a W&B sweep without W&B's server with them (``test_sweep_helpers``).
+- ``wandb_agent_trial``: a test starts a sweep's command through W&B's own agent (``Agent._command_run``, the
+  method its server's "run" message calls), to check that a dl4 run is the agent's run
+  (``tests/test_dl4/test_sweep.py::test_wandb_agent_runs_the_command_into_its_run``).
 """
 
 from lightning.pytorch.cli import LightningCLI
@@ -61,11 +64,14 @@ def hpc_checkpoint_path(trainer) -> str:
     return trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)
 
 
-def find_unused_parameters(strategy) -> None:
-    """Makes a DDP strategy look for unused parameters unless the config chose (no effect on other strategies)."""
+def find_unused_parameters(strategy) -> dict | None:
+    """Makes a DDP strategy look for unused parameters unless the config chose (no effect on other strategies);
+    returns the strategy's DDP arguments (None for a strategy without them)."""
     ddp_kwargs = getattr(strategy, "_ddp_kwargs", None)
     if isinstance(ddp_kwargs, dict):
         ddp_kwargs.setdefault("find_unused_parameters", True)
+        return ddp_kwargs
+    return None
 
 
 def drop_loader_position(checkpoint: dict) -> None:
@@ -123,3 +129,15 @@ def generate_id() -> str:
     from wandb.sdk.lib.runid import generate_id as new_id
 
     return new_id()
+
+
+def wandb_agent_trial(sweep_command: list, sweep_id: str, run_id: str, params: dict):
+    """Starts ``sweep_command`` as W&B's agent starts a trial (the server's "run" message with these parameters);
+    returns the trial's process."""
+    from wandb.wandb_agent import Agent
+
+    agent = Agent(api=None, queue=None, sweep_id=sweep_id)
+    agent._sweep_command = list(sweep_command)
+    agent._command_run({"type": "run", "run_id": run_id, "program": "dl4",
+                        "args": {k: {"value": v} for k, v in params.items()}})
+    return agent._run_processes[run_id]

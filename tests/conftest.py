@@ -11,6 +11,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
+# every jsonargparse deprecation, not the first of each kind: one raised by dl4's own call fails (pyproject.toml)
+os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "all")
 
 
 def _data_root() -> Path:

@@ -114,7 +114,7 @@ def _unusable_checkpoint(here, tmp_path, mnist_root, ckpt, config="ae_mnist.yaml
 
 
 def test_a_checkpoint_of_another_model_names_both_classes(here, tmp_path, mnist_root, ae_checkpoint):
-    """(validate, predict and fit --ckpt_path take the same path through DL4CLI._parse_ckpt_path)"""
+    """(validate, predict and fit --ckpt_path take the same path through DL4CLI.checkpoint_settings)"""
     out = _unusable_checkpoint(here, tmp_path, mnist_root, ae_checkpoint, "vae_mnist.yaml", "test")
     _one_line_error(out, 2, str(ae_checkpoint), "lightning_models.Autoencoder", "lightning_models.VAE")
 

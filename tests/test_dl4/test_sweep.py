@@ -115,12 +115,12 @@ def test_every_sweeps_metric_is_logged_after_each_validation_epoch(path, tmp_pat
 @pytest.mark.parametrize("path", [REPO / "sweeps" / "vse_mnist_captions.yaml", REPO / "sweeps" / "dae_mnist.yaml"],
                          ids=lambda p: p.stem)
 def test_wandb_agent_runs_the_command_into_its_run(path, tmp_path, monkeypatch, mnist_root, captions_root):
-    """The sweep's command run by W&B's agent itself (`wandb/wandb_agent.py`, `Agent._command_run`: the command line
+    """The sweep's command run by W&B's agent itself (`wandb/wandb_agent.py`, through `dl4.internals.wandb_agent_trial`: the command line
     from `create_sweep_command_args`, with WANDB_SWEEP_ID, WANDB_RUN_ID and WANDB_SWEEP_PARAM_PATH in the
     environment), 2 epochs of 2 batches, offline: dl4's run is the agent's run (its id), and it logs the sweep's
     metric at the end of each validation epoch, with the drawn values in its config. Two sweeps between them pass
     every kind of value: floats, a boolean and lists (the VSE's), strings (the DAE's grid)."""
-    from wandb.wandb_agent import Agent
+    from dl4.internals import wandb_agent_trial
 
     spec = yaml.safe_load(path.read_text())
     params = sweep.corner(spec, -1)
@@ -134,12 +134,9 @@ def test_wandb_agent_runs_the_command_into_its_run(path, tmp_path, monkeypatch, 
     monkeypatch.setenv("PYTHONWARNINGS", "ignore")
     for key in ("WANDB_DIR", "WANDB_RUN_ID", "WANDB_SWEEP_PARAM_PATH"):  # the agent sets them in this process
         monkeypatch.setenv(key, str(tmp_path) if key == "WANDB_DIR" else "")
-    agent = Agent(api=None, queue=None, sweep_id="sweep42")
     command = spec["command"]
-    agent._sweep_command = [*command[:-1], *TINY, *extra(path.stem, captions_root, mnist_root), command[-1]]
-    agent._command_run({"type": "run", "run_id": "agentrun1", "program": "dl4",
-                        "args": {k: {"value": v} for k, v in params.items()}})
-    process = agent._run_processes["agentrun1"]
+    process = wandb_agent_trial([*command[:-1], *TINY, *extra(path.stem, captions_root, mnist_root), command[-1]],
+                                "sweep42", "agentrun1", params)
     assert process.wait(timeout=600) == 0
     assert os.environ["WANDB_SWEEP_PARAM_PATH"].endswith("config-agentrun1.yaml")
     (run,) = (tmp_path / "runs" / "wandb").glob("offline-run-*-agentrun1")
