@@ -1,10 +1,9 @@
-"""The ``dl4`` console script: LightningCLI over every model and datamodule of the project.
+"""``dl4 fit|validate|test|predict``: LightningCLI over every model and datamodule of the project (the console
+script itself, with ``dl4 sweep`` and ``dl4 data``, is ``dl4/console.py``).
 
     dl4 fit --config configs/vae_mnist.yaml
     dl4 test --config configs/vae_mnist.yaml --ckpt_path runs/dl4/<run>/checkpoints/last.ckpt
     dl4 fit --config configs/vae_mnist.yaml --print_config
-    dl4 sweep sweeps/vae_mnist.yaml --count 20      (a W&B sweep without W&B's server: dl4/sweep.py)
-    dl4 data download                               (every dataset, verified, into the data root: dl4/data.py)
 
 Runs log to Weights & Biases, offline unless the user is logged in (WANDB_API_KEY or ~/.netrc) or sets
 WANDB_MODE; an offline run never touches the network and can be uploaded later with ``wandb sync``.
@@ -319,9 +318,3 @@ def claim_version(init_args) -> None:
             continue
         init_args["version"] = n
         return
-
-
-if __name__ == "__main__":
-    from dl4.console import main
-
-    main()

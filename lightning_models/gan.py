@@ -20,15 +20,8 @@ from lightning_models.nn.gan import (MLPDiscriminator, MLPGenerator, Prior, disc
 from lightning_models.nn.parzen import MNIST_SIGMAS, MeanStdErr, parzen_log_likelihood, select_sigma
 from lightning_models.checkpoints import ConfiguredNetworks
 from dl4.internals import find_unused_parameters
-from lightning_models.optim import trainable
+from lightning_models.optim import fused_adam, trainable
 from lightning_models.train_logging import log_train_metrics
-
-
-def default_adam(params) -> torch.optim.Adam:
-    """Adam(2e-4, betas (0.5, 0.999)), the DCGAN recipe, fused where the parameters allow (one kernel for all)."""
-    params = list(params)
-    fused = all(p.device.type in ("cpu", "cuda") for p in params)
-    return torch.optim.Adam(params, lr=2e-4, betas=(0.5, 0.999), fused=fused)
 
 
 class GAN(ConfiguredNetworks):
@@ -84,7 +77,8 @@ class GAN(ConfiguredNetworks):
             raise ConfigError(f"model.init_args.generator ({type(self.generator).__name__}) must say its noise size "
                              f"as an int attribute noise_dim")
         self.noise_dim = self.generator.noise_dim
-        self.d_optimizer, self.g_optimizer = d_optimizer or default_adam, g_optimizer or default_adam
+        dcgan_adam = fused_adam(2e-4, betas=(0.5, 0.999))  # the DCGAN recipe
+        self.d_optimizer, self.g_optimizer = d_optimizer or dcgan_adam, g_optimizer or dcgan_adam
         self.d_lr_scheduler, self.g_lr_scheduler = d_lr_scheduler, g_lr_scheduler
         for module, init_range in ((self.generator, g_init_range), (self.discriminator, d_init_range)):
             if init_range is not None:

@@ -85,12 +85,6 @@ def mirrored_mlps(hidden_dims: Sequence[int], code_dim: int, activation: str = "
             Decoder(code_dim, list(reversed(hidden_dims)), input_shape, activation, out_channels))
 
 
-def adam(module: nn.Module, lr: float) -> torch.optim.Adam:
-    """Adam with the fused kernel where there is one (CPU, CUDA): one op for all parameters, not ~10 a tensor."""
-    fused = all(p.device.type in ("cpu", "cuda") for p in module.parameters())
-    return torch.optim.Adam(module.parameters(), lr=lr, fused=fused)
-
-
 def reconstruction_error(logits: torch.Tensor, x: torch.Tensor, kind: str = "bce") -> torch.Tensor:
     """Per-image error summed over pixels: ||x - sigmoid(logits)||^2 (``mse``) or cross-entropy (``bce``)."""
     if kind == "bce":

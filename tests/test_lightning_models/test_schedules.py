@@ -47,12 +47,16 @@ def test_decay_once_below_waits_for_the_threshold_then_decays_whatever_follows()
 
 
 def test_decay_once_below_reaches_lightning_with_its_monitor(tmp_path):
-    """LightningCLI hands a ReduceLROnPlateau its monitor: the config's scheduler steps on the validation cost."""
-    from lightning.pytorch.cli import LightningCLI
+    """A model's configure_optimizers hands Lightning a ReduceLROnPlateau with its monitor
+    (``lightning_models.optim.optimizer_with_schedule``): the config's scheduler steps on the validation cost."""
+    from functools import partial
 
-    assert LightningCLI.configure_optimizers(None, opt := torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))]),
-                                             DecayOnceBelow(opt, monitor="val/x", below=1.0))[
-        "lr_scheduler"]["monitor"] == "val/x"
+    from lightning_models.optim import optimizer_with_schedule
+
+    answer = optimizer_with_schedule([torch.nn.Parameter(torch.zeros(1))], partial(torch.optim.SGD, lr=0.1),
+                                     partial(DecayOnceBelow, monitor="val/x", below=1.0))
+    assert answer["lr_scheduler"]["monitor"] == "val/x" and isinstance(answer["lr_scheduler"]["scheduler"],
+                                                                      DecayOnceBelow)
 
 
 def test_decay_once_below_shortens_adams_second_moment_memory_when_the_threshold_is_reached():
