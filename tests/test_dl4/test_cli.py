@@ -100,6 +100,7 @@ def test_config_trains_then_tests_from_its_checkpoint(config, tmp_path, mnist_ro
     written = sorted((tmp_path / "checkpoints").glob("*.ckpt"))  # last.ckpt, or Lightning's default checkpoint
     assert written and "Checkpoints: " in out.stdout  # dl4's summary of a finished fit
     assert f"test with: dl4 test --config {CONFIGS / config}" in out.stdout  # the run's own config
+    assert "litlogger" not in out.stdout + out.stderr and "LeafSpec" not in out.stderr  # nothing to act on
     ckpt = tmp_path / "checkpoints" / "last.ckpt" if (tmp_path / "checkpoints" / "last.ckpt").is_file() else written[0]
     if config in TESTED:
         out = dl4_here("test", *common, "--ckpt_path", ckpt, "--trainer.limit_test_batches=2",
