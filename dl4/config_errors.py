@@ -87,6 +87,14 @@ def explain(message: str, option_keys, args: list[str]) -> str:
     if m := re.search(r"does not accept (?:option|nested key)s? '([^']+)'", message):
         key = m.group(1)
         return with_full_text(f"{source(key, args)}{key}: no such key{suggest(key, option_keys)}", message)
+    if m := re.match(r"the following arguments are required: (\S+)", first):
+        keys = [k.split(".", 1)[-1] for k in m.group(1).split(",")]
+        return with_full_text(f"{', '.join(keys)}: required (give --config configs/<experiment>.yaml, or "
+                              f"--{keys[0]}=<class name>)", message)
+    if m := re.match(r"argument subcommand: invalid choice: '([^']*)'", first):
+        commands = ["fit", "validate", "test", "predict", "sweep", "data"]
+        return with_full_text(f"{m.group(1)!r} is not a dl4 command: {', '.join(commands)}"
+                              f"{suggest(m.group(1), commands)}", message)
     if first.startswith("Problems parsing config"):
         return with_full_text(f"a config does not parse: {' '.join(message.split())[24:]}", message)
     if first.startswith('Parser key "'):

@@ -232,6 +232,18 @@ def test_every_config_mistake_is_one_line_naming_the_key_before_any_run(mistake,
     assert _untouched(tmp_path)
 
 
+@pytest.mark.parametrize("args, expected", [
+    (["fitt", "--config", CONFIGS / "vae_mnist.yaml"], "dl4: error: 'fitt' is not a dl4 command: fit, validate, test, predict, sweep, "
+                                     "data; did you mean fit?"),
+    (["fit"], "dl4: error: model: required (give --config configs/<experiment>.yaml, or --model=<class name>)"),
+], ids=["unknown command", "no config"])
+def test_a_command_line_mistake_is_one_line(args, expected, tmp_path, monkeypatch, capfd):
+    out = dl4_here(*args, cwd=tmp_path, monkeypatch=monkeypatch, capture=capfd)
+    assert out.returncode == 2
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith(expected), line
+
+
 def test_the_parsers_full_message_is_behind_a_variable(tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("DL4_FULL_ERRORS", "1")
     out = dl4_here("fit", "--config", CONFIGS / "vae_mnist.yaml", "--model.init_args.likelihood=bern", cwd=tmp_path,
