@@ -14,9 +14,11 @@ And one a run asks for (in its config, or ``--trainer.callbacks+=TimeBudget --tr
   ``last.ckpt`` written, so the next job resumes from it exactly.
 """
 
+import errno
 import fcntl
 import os
 import random
+import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -69,10 +71,46 @@ def non_finite(tensors: Mapping[str, torch.Tensor]) -> list[str]:
     return [k for k, ok in zip(names, finite) if not ok]
 
 
+class DiskFullError(OSError):
+    """A file could not be written for lack of space. The message names the file, its folder's free space and the
+    newest checkpoint left intact; ``dl4`` prints it as one line and exits with status 1."""
+
+
+def disk_full(path: str | Path | None) -> DiskFullError:
+    """The one-line error for a file that did not fit on its disk: the path, the space left, what was kept."""
+    path = Path(path) if path else None
+    folder = path.parent if path else None
+    while folder is not None and not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = f", {shutil.disk_usage(folder).free // 1024} KiB free" if folder is not None else ""
+    kept = sorted((p for p in folder.glob("*.ckpt")), key=lambda p: p.stat().st_mtime) if folder else []
+    newest = f"; the newest checkpoint there, {kept[-1]}, is intact" if kept else ""
+    error = DiskFullError(f"no space left on the disk of {path or 'a file being written'}{free}{newest}: free "
+                          "space, or point the run at another disk (--trainer.default_root_dir, the logger's "
+                          "save_dir, DL4_DATA_DIR, TMPDIR), then resume with --ckpt_path last")
+    error.errno = errno.ENOSPC
+    return error
+
+
+def disk_was_full(err: BaseException | None) -> bool:
+    """Whether ``err`` or an error behind it is ENOSPC (torch.save reports a full disk as its own RuntimeError,
+    with the OSError in its context)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
+
+
 class SafeCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint writer, made safe: a checkpoint whose weights are not finite is refused
-    (``DivergedError``), and a checkpoint is written to a temporary file and renamed, so a process killed mid-write
-    leaves the previous ``last.ckpt`` whole (Lightning writes in place)."""
+    (``DivergedError``); a checkpoint is written to a temporary file beside it, flushed to disk, and renamed, so a
+    process killed mid-write leaves the previous ``last.ckpt`` whole (Lightning writes in place), and a full disk
+    leaves no half-written file and says so in one line (``DiskFullError``). The temporary file is beside its target,
+    on the same file system: Lightning's own atomic save stages it in ``$TMPDIR``, which on many cluster nodes is
+    small, and then no checkpoint is written at all."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
         bad = non_finite(checkpoint.get("state_dict", {}))
@@ -81,11 +119,18 @@ class SafeCheckpointIO(TorchCheckpointIO):
                                 f"{', ...' if len(bad) > 3 else ''}) at step {checkpoint.get('global_step')}, "
                                 f"epoch {checkpoint.get('epoch')}")
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            super().save_checkpoint(checkpoint, tmp, storage_options)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
             os.replace(tmp, path)
+        except (OSError, RuntimeError) as err:
+            if disk_was_full(err):
+                raise disk_full(path) from None
+            raise
         finally:
             tmp.unlink(missing_ok=True)
 

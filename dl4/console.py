@@ -8,11 +8,12 @@ A user's mistake (a missing dataset, a setting that cannot work, an unusable che
 ``dl4: error: ...``, and an exit status that says which (``EXIT_STATUS``); a bug keeps its traceback.
 """
 
+import errno
 import sys
 
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from callbacks.faults import DivergedError
+from callbacks.faults import DiskFullError, DivergedError, disk_full
 from datamodules.integrity import CorruptDataError
 from dl4.cli import DL4CLI, configure_runtime
 from dl4.data_root import DatasetNotFoundError
@@ -37,7 +38,7 @@ A run logs to W&B offline unless you are logged in; `wandb leet <run dir>` shows
 """
 
 
-EXIT_STATUS = {DatasetNotFoundError: 1, CorruptDataError: 1, ConfigError: 2, DivergedError: 3}
+EXIT_STATUS = {DatasetNotFoundError: 1, CorruptDataError: 1, DiskFullError: 1, ConfigError: 2, DivergedError: 3}
 
 
 def main(args=None) -> None:
@@ -71,13 +72,15 @@ def main(args=None) -> None:
 
 
 def user_error(err: BaseException) -> Exception | None:
-    """The missing dataset, impossible setting, unusable checkpoint or divergence behind ``err``, if one is:
+    """The missing dataset, impossible setting, unusable checkpoint, full disk or divergence behind ``err``, if one is:
     jsonargparse wraps the errors of the classes it builds (a network inside a model's ``init_args``) in its own,
     so the chain is searched. A checkpoint whose weights do not fit the configured network becomes a ConfigError."""
     seen = set()
     while err is not None and id(err) not in seen:
         if isinstance(err, tuple(EXIT_STATUS)):
             return err
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC and not isinstance(err, DiskFullError):
+            return disk_full(err.filename)  # a log, a data file, a temporary file
         if isinstance(err, RuntimeError) and "Error(s) in loading state_dict" in str(err):
             detail = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), "")
             return ConfigError(f"the checkpoint's weights do not fit the model as configured ({detail}): a "

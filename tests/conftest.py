@@ -121,10 +121,10 @@ def build_from_config(config: str | Path, *overrides: str, logger: bool = False)
         return DL4CLI(args=args, run=False)
 
 
-def dl4(*args, cwd, data_root=None, timeout=300) -> subprocess.CompletedProcess:
+def dl4(*args, cwd, data_root=None, timeout=300, env=None) -> subprocess.CompletedProcess:
     """The installed `dl4` console script in a subprocess, as a user runs it: no W&B variables of this process,
-    the data root given (else the environment's), output captured."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    the data root given (else the environment's), ``env`` added, output captured."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}, **(env or {})}
     if data_root:
         env["DL4_DATA_DIR"] = str(data_root)
     env["PYTHONWARNINGS"] = "ignore"

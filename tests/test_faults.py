@@ -500,3 +500,47 @@ def test_time_budget_stops_before_an_epoch_that_would_not_fit_and_the_next_job_r
     _, whole = job(max_epochs=5)
     for a, b in zip(resumed.parameters(), whole.parameters()):
         assert torch.equal(a, b)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A folder on a file system of its own, 512 KiB (tmpfs; mounting needs root, as on CI's machine and this one):
+    what a full disk, quota or cluster scratch folder looks like to a run."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a small file system here: {mounted.stderr.decode().strip()}")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def _fit_gan_1d(root: Path, tmp_path, mnist_root, *extra, env=None):
+    return dl4("fit", "--config", CONFIGS / "gan_1d.yaml", "--trainer.logger=false", "--trainer.max_epochs=30",
+               "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
+               '--trainer.callbacks=[{"class_path": "ModelCheckpoint", "init_args": {"save_last": true, "save_top_k": -1}}]',
+               f"--trainer.default_root_dir={root}", *extra, cwd=tmp_path, data_root=mnist_root, env=env)
+
+
+def test_a_full_checkpoint_disk_is_one_line_and_the_last_good_checkpoint_stays_whole(small_disk, tmp_path, mnist_root):
+    """The 1-D GAN's checkpoints (97 KiB each, every epoch's kept) fill a 512 KiB disk within a few epochs: one line
+    naming the file, the space and the newest checkpoint, exit 1, and every checkpoint left there loads; no
+    half-written or temporary file stays behind."""
+    out = _fit_gan_1d(small_disk, tmp_path, mnist_root)
+    line = _one_line_error(out, 1, "no space left on the disk of", "KiB free", "is intact")
+    assert str(small_disk) in line
+    left = sorted((small_disk / "checkpoints").iterdir())
+    assert not [p for p in left if p.name.endswith(".tmp")], left
+    checkpoints = [p for p in left if p.suffix == ".ckpt"]
+    assert "last.ckpt" in {p.name for p in checkpoints}
+    for ckpt in checkpoints:
+        assert torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"] > 0
+
+
+def test_a_small_full_tmpdir_does_not_stop_checkpoints(small_disk, tmp_path, mnist_root):
+    """A checkpoint is staged beside its target, not in $TMPDIR: with TMPDIR on a full disk, a run whose
+    checkpoint folder has room writes its checkpoints and ends well."""
+    (small_disk / "filler").write_bytes(b"\0" * (512 * 1024 - 4096))
+    out = _fit_gan_1d(tmp_path / "run", tmp_path, mnist_root, "--trainer.max_epochs=2", env={"TMPDIR": str(small_disk)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
