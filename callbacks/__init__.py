@@ -1,5 +1,5 @@
 from callbacks.autoencoders import DecoderFilters, LatentInterpolation, PriorSamples, ReconstructionGrid
-from callbacks.faults import TimeBudget
+from callbacks.faults import DivergenceGuard, TimeBudget
 from callbacks.gan import GANSamples, GANTrainingFigure, MomentumRamp, NoiseInterpolation
 from callbacks.media import EveryNEpochs, image_grid, log_image
 from callbacks.memn2n import MemN2NAttention
@@ -10,4 +10,4 @@ from callbacks.vse import EmbeddingArithmetic, EmbeddingMap, RetrievalExamples
 __all__ = ["CopyGeneralisation", "DecoderFilters", "EmbeddingArithmetic", "EmbeddingMap", "EveryNEpochs",
            "GANSamples", "GANTrainingFigure", "LatentInterpolation", "MemN2NAttention", "MomentumRamp",
            "NoiseInterpolation", "NTMMemoryTrace", "PriorSamples", "ReconstructionGrid", "RetrievalExamples",
-           "TimeBudget", "TransformerPictures", "image_grid", "log_image"]
+           "DivergenceGuard", "TimeBudget", "TransformerPictures", "image_grid", "log_image"]

@@ -136,22 +136,42 @@ class SafeCheckpointIO(TorchCheckpointIO):
 
 
 class DivergenceGuard(L.Callback):
-    """Stops training at a non-finite loss or parameter, cheaply: each step folds ``isfinite(loss)`` into a device
-    tensor (no host sync); the flag is read on the steps the logger writes anyway (every ``log_every_n_steps``),
-    before each validation and at each epoch's end, and the parameters are checked then too (a GAN's manual steps
-    return no loss)."""
+    """Stops training when it diverges: a non-finite loss or parameter, or an explosion that stays finite, a training
+    loss more than ``loss_growth`` times its first value or a weight more than ``weight_growth`` times the largest at
+    the start (both counted from at least 1, so that a loss or weights that start near 0 are measured against 1).
 
-    def __init__(self):
-        self._first_bad = None
+    Cheaply: each step folds its verdict on the loss into device tensors (no host sync); they are read on the steps
+    the logger writes anyway (every ``log_every_n_steps``), before each validation, at each epoch's end and before
+    every checkpoint is written, and the parameters are checked then too (a GAN's manual steps return no loss). A
+    checkpoint of a diverged model is never written. dl4 adds one to every run; to change the thresholds give your
+    own (``--trainer.callbacks+=DivergenceGuard --trainer.callbacks.loss_growth=1e8``). The defaults leave a margin
+    of orders of magnitude over every config's normal first epochs (``benchmarks/divergence.py``,
+    docs/results/faults.md), and catch the ST-CNN at learning rate 1e6, whose loss reaches ~1e30 with finite weights.
+    """
+
+    def __init__(self, loss_growth: float = 1e6, weight_growth: float = 1e4):
+        if not (loss_growth > 1 and weight_growth > 1):
+            raise ConfigError(f"DivergenceGuard: loss_growth and weight_growth must be > 1, got {loss_growth} and "
+                              f"{weight_growth}")
+        self.loss_growth, self.weight_growth = loss_growth, weight_growth
+        self._first_bad = self._exploded = self._loss_ref = self._weight_ref = None
 
     def on_train_start(self, trainer, pl_module):
         self._first_bad = torch.full((), -1, dtype=torch.long, device=pl_module.device)
+        self._exploded = torch.full((), -1, dtype=torch.long, device=pl_module.device)
+        self._loss_ref = None
+        self._weight_ref = max(largest_weight(pl_module), 1.0)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if torch.is_tensor(loss):
-            bad = ~torch.isfinite(loss.detach()).all()
+            loss = loss.detach().abs().max()
+            if self._loss_ref is None:
+                self._loss_ref = loss.clamp(min=1.0)
+            bad = ~torch.isfinite(loss)
             self._first_bad = torch.where(bad & (self._first_bad < 0), trainer.global_step, self._first_bad)
+            grown = (loss > self.loss_growth * self._loss_ref) & ~bad
+            self._exploded = torch.where(grown & (self._exploded < 0), trainer.global_step, self._exploded)
         if logger_writes_this_step(trainer):  # the logger syncs on these steps anyway
             self.check(trainer, pl_module)
 
@@ -162,17 +182,34 @@ class DivergenceGuard(L.Callback):
     def on_train_epoch_end(self, trainer, pl_module):
         self.check(trainer, pl_module)
 
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        if trainer.state.fn == "fit" and self._first_bad is not None:
+            self.check(trainer, pl_module)
+
     def check(self, trainer, pl_module):
         where = f"epoch {trainer.current_epoch}"
         if self._first_bad is not None and (step := int(self._first_bad)) >= 0:
             what = f"the training loss was not finite at step {step}"
+        elif self._exploded is not None and (step := int(self._exploded)) >= 0:
+            what = (f"the training loss grew more than {self.loss_growth:g} times its first value "
+                    f"({float(self._loss_ref):.3g}) by step {step}")
         elif bad := non_finite(dict(pl_module.named_parameters())):
             what = f"parameters are not finite ({', '.join(bad[:3])}) by step {trainer.global_step}"
+        elif (largest := largest_weight(pl_module)) > self.weight_growth * self._weight_ref:
+            what = (f"a weight reached {largest:.3g}, more than {self.weight_growth:g} times the largest at the "
+                    f"start ({self._weight_ref:.3g}), by step {trainer.global_step}")
         else:
             return
         raise DivergedError(f"training diverged: {what}, {where}; no checkpoint of it was written; last good "
                             f"checkpoint: {last_good_checkpoint(trainer)}. Lower the learning rate, or resume from "
-                            "that checkpoint with another setting")
+                            "that checkpoint with another setting (the thresholds: DivergenceGuard's loss_growth and "
+                            "weight_growth)")
+
+
+def largest_weight(module: torch.nn.Module) -> float:
+    """max |w| over the module's floating-point parameters (one host sync)."""
+    tops = [p.detach().abs().max() for p in module.parameters() if p.is_floating_point() and p.numel()]
+    return float(torch.stack(tops).max()) if tops else 0.0
 
 
 class PreemptionCheckpoint(L.Callback):

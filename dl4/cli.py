@@ -133,8 +133,9 @@ class DL4CLI(CheckpointHparamsHook):
         validates rank zero's model, ``callbacks/distributed.py``) and ``SafeCheckpointIO``."""
         config = self.config_init.get(self.subcommand, self.config_init).get("trainer") or {}
         configured = config.get("callbacks") or []
-        every_run = [*(configured if isinstance(configured, list) else [configured]),
-                     DivergenceGuard(), PreemptionCheckpoint(), RunState(), BroadcastBuffers()]
+        configured = configured if isinstance(configured, list) else [configured]
+        guard = [] if any(isinstance(c, DivergenceGuard) for c in configured) else [DivergenceGuard()]
+        every_run = [*configured, *guard, PreemptionCheckpoint(), RunState(), BroadcastBuffers()]
         plugins = config.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):

@@ -88,6 +88,53 @@ def test_a_checkpoint_with_non_finite_weights_is_never_written(tmp_path):
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
 
 
+def test_an_explosion_that_stays_finite_exits_3_and_writes_no_checkpoint(tmp_path, mnist_root):
+    """The ST-CNN at learning rate 1e6 keeps finite weights while its loss explodes (to ~1e30 by validation):
+    through the console script, DivergenceGuard's growth thresholds stop it like a NaN, and the checkpoint it would
+    write is not written."""
+    out = dl4("fit", "--config", CONFIGS / "st_cnn_rts_mnist.yaml", "--model.init_args.optimizer.init_args.lr=1e6",
+               "--trainer.logger=false", "--trainer.max_epochs=2", "--trainer.limit_train_batches=30", *FAST,
+               cwd=tmp_path, data_root=mnist_root)
+    _one_line_error(out, 3, "training diverged", "times", "epoch 0", "last good checkpoint: none")
+    assert not list((tmp_path / "checkpoints").glob("*.ckpt")) and "test with" not in out.stdout
+
+
+def _guard_run(tmp_path, blow_up, **guard):
+    """A 12-step regression under DivergenceGuard(**guard); ``blow_up(step, model)`` may scale the loss or weights."""
+    import lightning as L
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from callbacks.faults import DivergenceGuard
+
+    class Model(BoringModel):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)["loss"]
+            scale = blow_up(self.trainer.global_step, self)  # the loss's value, not its gradient
+            return {"loss": loss + (scale - 1) * loss.detach()}
+
+    trainer = L.Trainer(max_steps=12, log_every_n_steps=2, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                        callbacks=[DivergenceGuard(**guard)])
+    trainer.fit(Model())
+
+
+@pytest.mark.parametrize("kind", ["loss", "weights"])
+def test_the_guard_stops_a_finite_explosion_of_the_loss_or_the_weights_and_nothing_less(kind, tmp_path):
+    from callbacks.faults import DivergedError
+
+    def blow_up(step, model, factor=1e7):
+        if kind == "weights" and step == 5:
+            with torch.no_grad():
+                model.layer.weight.mul_(factor)
+        return factor if kind == "loss" and step >= 5 else 1.0
+
+    with pytest.raises(DivergedError, match="grew more than" if kind == "loss" else "a weight reached"):
+        _guard_run(tmp_path, blow_up)
+    _guard_run(tmp_path, lambda step, model: 1.0 + 100 * step)  # a loss 1,000 times its first: nothing
+    if kind == "loss":  # the threshold is a setting (a weight 1e7 times larger also blows the loss up)
+        _guard_run(tmp_path, blow_up, loss_growth=1e9)
+
+
 # ---- 2. checkpoints and configs ---------------------------------------------------------------------------------
 
 
