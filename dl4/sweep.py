@@ -26,6 +26,8 @@ import itertools
 import json
 import math
 import os
+import re
+import signal
 import subprocess
 import sys
 import warnings
@@ -233,15 +235,31 @@ def run_trial(spec: dict, engine: Engine, group: str, logs: Path) -> dict:
 
         value = summary(run_dir).get(metric)
     if status != 0 or not isinstance(value, (int, float)) or not math.isfinite(value):
-        reason = (f"exit status {status}, see {log}" if status else
+        reason = (failure_cause(status, log) if status else
                   f"the run logged no finite {metric} ({run_dir or 'no W&B run folder found'})")
-        engine.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        print(f"dl4 sweep: trial {trial.number} failed: {reason}", file=sys.stderr, flush=True)
-        return {**row, "state": "failed", metric: None, "run": str(run_dir or log)}
+        trial.set_user_attr("cause", reason)
+        with contextlib.suppress(RuntimeError):  # GridSampler stops the study once the grid is spent
+            engine.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        print(f"dl4 sweep: trial {trial.number} failed: {reason} (its log: {log})", file=sys.stderr, flush=True)
+        return {**row, "state": "failed", metric: None, "cause": reason, "run": str(run_dir or log)}
     with contextlib.suppress(RuntimeError):  # GridSampler stops the study once the grid is spent
         engine.study.tell(trial, value)
     print(f"dl4 sweep: trial {trial.number}: {metric} = {value:.6g}", flush=True)
     return {**row, "state": "complete", metric: value, "run": str(run_dir)}
+
+
+def failure_cause(status: int, log: Path) -> str:
+    """A failed trial's cause in one line: the signal that killed it (SIGKILL: most often the out-of-memory killer),
+    dl4's own ``dl4: error:`` line, or the last line of a traceback, from the trial's log."""
+    if status < 0 or status in (128 + signal.SIGKILL, 128 + signal.SIGTERM):
+        number = -status if status < 0 else status - 128
+        name = signal.Signals(number).name
+        return f"killed by {name}" + (" (out of memory? the kernel's OOM killer sends it)" if name == "SIGKILL" else "")
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()] \
+        if log.is_file() else []
+    own = [line for line in lines if line.startswith("dl4: error:") or line.startswith("dl4: stopped")]
+    raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt)\b.*:", line)]
+    return (own or raised or [f"exit status {status}"])[-1][:300]
 
 
 def table(spec: dict, engine: Engine) -> list[dict]:
@@ -249,7 +267,8 @@ def table(spec: dict, engine: Engine) -> list[dict]:
     metric, rows = spec["metric"]["name"], []
     for t in engine.study.trials:
         rows.append({"trial": t.number, "state": t.state.name.lower(), metric: t.value,
-                     **json.loads(t.user_attrs.get("params", "{}")), "run_id": t.user_attrs.get("run_id")})
+                     **json.loads(t.user_attrs.get("params", "{}")), "run_id": t.user_attrs.get("run_id"),
+                     **({"cause": t.user_attrs["cause"]} if "cause" in t.user_attrs else {})})
     sign = -1 if spec["metric"]["goal"] == "maximize" else 1
     return sorted(rows, key=lambda r: (r[metric] is None, sign * (r[metric] or 0), r["trial"]))
 
@@ -308,4 +327,8 @@ def main(argv: list[str] | None = None) -> int:
           f"Table: {logs / 'trials.csv'}. The trials are the W&B group sweep-{name}; upload them with "
           f"wandb sync <save_dir>/wandb/offline-run-* (the configs' save_dir is runs)",
           flush=True)
-    return 130 if interrupted else 0 if any(r["state"] == "complete" for r in ran) else 1
+    failed = [r for r in ran if r["state"] == "failed"]
+    if failed:
+        print(f"dl4 sweep: {len(failed)} of {len(ran)} trials failed: " + "; ".join(
+            f"trial {r['trial']}: {r['cause']}" for r in failed), file=sys.stderr, flush=True)
+    return 130 if interrupted else 1 if failed else 0

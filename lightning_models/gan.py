@@ -20,7 +20,7 @@ from lightning_models.nn.gan import (MLPDiscriminator, MLPGenerator, Prior, disc
 from lightning_models.nn.parzen import MNIST_SIGMAS, MeanStdErr, parzen_log_likelihood, select_sigma
 from lightning_models.checkpoints import ConfiguredNetworks
 from dl4.internals import find_unused_parameters
-from lightning_models.optim import fused_adam, trainable
+from lightning_models.optim import build_optimizer, fused_adam, trainable
 from lightning_models.train_logging import log_train_metrics
 
 
@@ -222,7 +222,8 @@ class GAN(ConfiguredNetworks):
         self.test_parzen.reset()
 
     def configure_optimizers(self):
-        opt_d, opt_g = self.d_optimizer(trainable(self.discriminator)), self.g_optimizer(trainable(self.generator))
+        opt_d = build_optimizer(self.d_optimizer, trainable(self.discriminator), "d_optimizer")
+        opt_g = build_optimizer(self.g_optimizer, trainable(self.generator), "g_optimizer")
         schedulers = [schedule(opt) for schedule, opt in ((self.d_lr_scheduler, opt_d), (self.g_lr_scheduler, opt_g))
                       if schedule is not None]
         return ([opt_d, opt_g], schedulers) if schedulers else [opt_d, opt_g]

@@ -18,7 +18,7 @@ from torchmetrics import MeanMetric, Metric
 
 from dl4.errors import ConfigError, check_fraction, check_positive
 from lightning_models.nn.memn2n import EndToEndMemoryNetwork, random_time_gaps
-from lightning_models.optim import trainable
+from lightning_models.optim import build_optimizer, trainable
 from lightning_models.schedules import HalvingLR
 from lightning_models.train_logging import log_train_metrics
 
@@ -154,5 +154,5 @@ class MemN2N(L.LightningModule):
             super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self):
-        opt = self.optimizer(trainable(self))
+        opt = build_optimizer(self.optimizer, trainable(self))
         return [opt], [self.lr_scheduler(opt, after_epoch=self.hparams.linear_start_epochs)]

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable, ReduceLROnPlateau
 
+from dl4.errors import ConfigError
+
 
 def fused_adam(lr: float = 1e-3, **kwargs) -> Callable[[Iterable[torch.nn.Parameter]], torch.optim.Adam]:
     """Adam at ``lr`` with the fused kernel where the parameters allow it (CPU, CUDA): one op for all parameters,
@@ -37,11 +39,20 @@ def trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
 
 
+def build_optimizer(optimizer: OptimizerCallable, params, key: str = "optimizer") -> torch.optim.Optimizer:
+    """``optimizer(params)``, with torch's own check of its arguments (``lr=-1``) reported as the config's mistake
+    in one line (``ConfigError``) instead of a traceback."""
+    try:
+        return optimizer(params)
+    except ValueError as err:
+        raise ConfigError(f"model.init_args.{key}: {err}") from None
+
+
 def optimizer_with_schedule(params, optimizer: OptimizerCallable, lr_scheduler: LRSchedulerCallable | None = None):
     """``configure_optimizers``' answer for one optimiser over ``params`` and its schedule, if any: a
     ``ReduceLROnPlateau`` (Lightning's, which names its metric) is handed the value it follows after each validation;
     the others step after every epoch."""
-    opt = optimizer(params)
+    opt = build_optimizer(optimizer, params)
     if lr_scheduler is None:
         return opt
     scheduler = lr_scheduler(opt)

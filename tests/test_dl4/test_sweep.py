@@ -179,3 +179,42 @@ def test_dl4_sweep_runs_trials_offline_shares_its_storage_and_picks_the_best(tmp
     assert table == pytest.approx(last, rel=1e-5)
     assert rows[0][-1] == min(last, key=last.get)
     assert (tmp_path / "shared" / "trials.csv").read_text().count("complete") == 2
+
+
+def test_a_failed_trial_names_its_cause_and_the_sweep_exits_1_after_running_the_others(tmp_path, mnist_root):
+    """A grid of two trials through the console script, one of them impossible (lr = -1): the other still runs
+    and completes; the failed one's one-line cause is in the printed table, in trials.csv and in the last line,
+    and `dl4 sweep` exits 1."""
+    import csv
+
+    from conftest import dl4
+
+    spec = yaml.safe_load((REPO / "sweeps" / "vae_mnist.yaml").read_text())
+    spec["command"] = [*spec["command"][:-1], *TINY, spec["command"][-1]]
+    spec["method"] = "grid"
+    spec["parameters"] = {"model.init_args.optimizer.init_args.lr": {"values": [-1.0, 0.001]}}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(spec))
+    (tmp_path / "configs").symlink_to(REPO / "configs")
+    out = dl4("sweep", "bad.yaml", "--count", 2, "--storage", "s/bad.journal", cwd=tmp_path, data_root=mnist_root,
+              timeout=600)
+    assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
+    cause = "dl4: error: model.init_args.optimizer: Invalid learning rate: -1.0"
+    rows = list(csv.DictReader(open(tmp_path / "s" / "trials.csv")))
+    assert sorted(r["state"] for r in rows) == ["complete", "fail"], rows
+    assert [r["cause"] for r in rows if r["state"] == "fail"] == [cause]
+    assert cause in out.stdout  # the printed table
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("dl4 sweep: 1 of 2 trials failed: trial ") and cause in last
+
+
+@pytest.mark.parametrize("status, log, cause", [
+    (-9, "", "killed by SIGKILL (out of memory?"),
+    (137, "", "killed by SIGKILL"),
+    (-15, "", "killed by SIGTERM"),
+    (1, "Traceback (most recent call last):\n  File x\nRuntimeError: CUDA out of memory. Tried", "RuntimeError: CUDA out"),
+    (3, "Seed set to 0\ndl4: error: training diverged: ...\n", "dl4: error: training diverged"),
+    (1, "nothing useful\n", "exit status 1"),
+])
+def test_a_failed_trials_cause_is_one_line(status, log, cause, tmp_path):
+    (tmp_path / "trial.log").write_text(log)
+    assert sweep.failure_cause(status, tmp_path / "trial.log").startswith(cause)
