@@ -13,6 +13,8 @@ A mirror (``--mirror URL`` or ``$DL4_DATA_MIRROR``, e.g. a cluster's file server
 it holds the files as ``URL/mnist/train-images-idx3-ubyte.gz`` and ``URL/babi/tasks_1-20_v1-2.tar.gz``.
 """
 
+import contextlib
+import fcntl
 import gzip
 import hashlib
 import http.client
@@ -138,9 +140,37 @@ def _refuse_corrupt(root: Path, corrupt: list[str]) -> None:
                                f"then run the same command again")
 
 
+@contextlib.contextmanager
+def one_at_a_time(root: Path, dataset: str, log=print):
+    """Holds ``root/.<dataset>.download.lock`` (an exclusive ``flock``, released when the process ends, however it
+    ends) while a dataset is fetched: two downloads into one root at once (two cluster jobs starting together)
+    would write the same ``.part`` files. The second waits, saying for whom, and then finds the files there and
+    verified. The lock file keeps the holder's pid."""
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / f".{dataset}.download.lock"
+    with open(path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            log(f"  waiting for the {dataset} download of process {lock.read().strip() or '?'} into {root} ({path})")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        yield
+
+
 def download_mnist(root: Path, mirror: str | None = None, log=print) -> list[str]:
     """MNIST's four ``.gz`` files into ``root/MNIST/raw`` and their unpacked IDX files next to them (torchvision's
-    layout). Returns the files written (none when all were there and verified)."""
+    layout), one download into a root at a time. Returns the files written (none when all were there and
+    verified)."""
+    with one_at_a_time(root, "mnist", log):
+        return _download_mnist(root, mirror, log)
+
+
+def _download_mnist(root: Path, mirror: str | None, log) -> list[str]:
     verified, missing, corrupt = check(root, "mnist")
     _refuse_corrupt(root, corrupt)
     mirror = mirror or os.environ.get("DL4_DATA_MIRROR")
@@ -161,8 +191,14 @@ def download_mnist(root: Path, mirror: str | None = None, log=print) -> list[str
 
 def download_babi(root: Path, mirror: str | None = None, log=print) -> list[str]:
     """The bAbI v1.2 archive's ``en`` and ``en-10k`` tasks into ``root/babi/tasks_1-20_v1-2`` (the archive's own
-    layout), each file verified; the archive is deleted once unpacked (its ``hn``, ``shuffled`` and ``en-valid``
-    folders, which dl4 does not read, are left out). Returns the files written."""
+    layout), each file verified, one download into a root at a time; the archive is deleted once unpacked (its
+    ``hn``, ``shuffled`` and ``en-valid`` folders, which dl4 does not read, are left out). Returns the files
+    written."""
+    with one_at_a_time(root, "babi", log):
+        return _download_babi(root, mirror, log)
+
+
+def _download_babi(root: Path, mirror: str | None, log) -> list[str]:
     verified, missing, corrupt = check(root, "babi")
     _refuse_corrupt(root, corrupt)
     if not missing:

@@ -5,6 +5,7 @@ download resumed (or restarted where the server ignores ranges)."""
 import io
 import tarfile
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -20,12 +21,13 @@ class FileServer:
     first n bytes of the next response to that path and drops the connection (an interrupted download)."""
 
     def __init__(self, files: dict[str, bytes]):
-        self.files, self.ranges, self.cut, self.requests = files, True, {}, []
+        self.files, self.ranges, self.cut, self.requests, self.delay = files, True, {}, [], 0.0
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
                 server.requests.append((self.path, self.headers.get("Range")))
+                time.sleep(server.delay)
                 body = server.files.get(self.path)
                 if body is None:
                     return self.send_error(404)
@@ -258,3 +260,24 @@ def test_the_one_babi_file_listed_by_its_git_blob_id_is_checked_by_it(babi_root,
         verify_published(impostor, "babi/tasks_1-20_v1-2/en-10k/qa3_three-supporting-facts_train.txt", "Restore it.")
     (tmp_path / "hello").write_bytes(b"hello\n")
     assert git_blob(tmp_path / "hello") == "git-blob:ce013625030ba8dba906f756967f9e9ca394464a"
+
+
+def test_two_downloads_into_one_root_at_once_wait_for_each_other_and_both_end_verified(server, tmp_path):
+    """Two `dl4 data download mnist` processes started together into one root (two cluster jobs): the second waits
+    for the first's lock, saying so, then finds every file there and verified; both exit 0, no traceback, no
+    .part left."""
+    import subprocess
+
+    from conftest import dl4
+
+    server.delay = 0.3  # each response slowed, so that the two overlap
+    root = tmp_path / "data"
+    runs = [subprocess.Popen(["dl4", "data", "download", "mnist", "--root", str(root), "--mirror", server.url],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outs
+    assert not any("Traceback" in err for _, err in outs)
+    assert sum("waiting for the mnist download of process" in out for out, _ in outs) == 1, outs
+    verified, missing, corrupt = check(root, "mnist")
+    assert not missing and not corrupt and no_part_files(root)
+    assert dl4("data", "list", "--root", root, cwd=tmp_path).returncode == 0
