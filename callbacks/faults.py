@@ -16,6 +16,7 @@ And one a run asks for (in its config, or ``--trainer.callbacks+=TimeBudget --tr
 
 import errno
 import fcntl
+import json
 import os
 import random
 import shutil
@@ -28,7 +29,8 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.environments import SLURMEnvironment
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -183,6 +185,9 @@ class DivergenceGuard(L.Callback):
         self.check(trainer, pl_module)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        for logger in trainer.loggers:
+            if isinstance(logger, MetricsFile) and trainer.state.fn == "fit":
+                logger.mark(trainer.global_step)
         if trainer.state.fn == "fit" and self._first_bad is not None:
             self.check(trainer, pl_module)
 
@@ -346,6 +351,107 @@ def run_identity(trainer: L.Trainer) -> dict:
     return {}
 
 
+class MetricsFile(Logger):
+    """Every metric row the run's logger is sent, also written beside the run as one JSON line each
+    (``metrics.jsonl``: ``<save_dir>/<project>/<run id>/`` for W&B, the logger's ``log_dir`` for CSV and TensorBoard),
+    flushed as written and synced to disk with every checkpoint, which it marks. dl4 adds one to every run that has
+    a logger.
+
+    W&B's offline log is written by its own process, which buffers: killed without warning (the OOM killer, a lost
+    node), a run's ``.wandb`` file kept 1 history row of the 15 logged before its last checkpoint
+    (``tests/test_faults.py::test_metrics_logged_before_a_sigkill_survive_and_reach_wandb_on_resume``). This file
+    keeps them all: a resumed run (``--ckpt_path``) drops the rows after the checkpoint it resumes from, and logs
+    to W&B the rows that W&B's earlier segments of the run lack, so that ``wandb sync`` uploads one continuous
+    curve (by ``trainer/global_step``). A disk that fills up stops the run here, with one line, rather than
+    leaving a silent gap in W&B's log. Pictures are not its business (``media = False``: ``callbacks/media.py``).
+    """
+
+    media = False
+
+    def __init__(self, run_logger):
+        super().__init__()
+        self.run_logger = run_logger
+        self.path: Path | None = None
+        self.file = None
+
+    @property
+    def name(self) -> str:
+        return "metrics.jsonl"
+
+    @property
+    def version(self):
+        return self.run_logger.version
+
+    def folder(self) -> Path:
+        logger = self.run_logger
+        if isinstance(logger, WandbLogger):
+            return Path(logger.save_dir or ".") / (logger.name or "wandb") / str(logger.version)
+        return Path(logger.log_dir)
+
+    def open(self):
+        if self.file is None:
+            self.path = self.folder() / "metrics.jsonl"
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(self.path, "a")
+        return self.file
+
+    def write(self, row: dict) -> None:
+        f = self.open()
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+
+    @rank_zero_only
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+    @rank_zero_only
+    def log_metrics(self, metrics, step=None) -> None:
+        self.write({"step": step, **{k: float(v) for k, v in metrics.items()}})
+
+    @rank_zero_only
+    def mark(self, global_step: int) -> None:
+        """Marks that a checkpoint of ``global_step`` is being written (``RunState.on_save_checkpoint``)."""
+        self.write({"checkpoint_global_step": global_step})
+        os.fsync(self.file.fileno())
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+    @rank_zero_only
+    def resume(self, trainer: L.Trainer) -> None:
+        """On a resumed fit: keep the rows up to the checkpoint resumed from, and give W&B those it lacks."""
+        path = self.folder() / "metrics.jsonl"
+        if not path.is_file():
+            return
+        lines = path.read_text().splitlines()
+        marks = [i for i, line in enumerate(lines) if json.loads(line).get("checkpoint_global_step") == trainer.global_step]
+        if not marks:
+            return
+        kept = lines[:marks[-1] + 1]
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
+        if isinstance(self.run_logger, WandbLogger):
+            relog_into_wandb(self.run_logger, [json.loads(line) for line in kept])
+
+
+def relog_into_wandb(logger: WandbLogger, rows: list[dict]) -> None:
+    """Logs the metric rows whose step W&B's earlier offline segments of this run do not hold (its log lost them
+    when the process was killed), in order, before the resumed run logs its own."""
+    from dl4.wandb_records import history
+
+    held = set()
+    for segment in Path(logger.save_dir or ".", "wandb").glob(f"offline-run-*-{logger.version}"):
+        if any(segment.glob("run-*.wandb")) and Path(logger.experiment.dir).parent != segment:
+            held |= {row.get("trainer/global_step") for row in history(segment)}
+    for row in rows:
+        if row.get("step") is not None and row["step"] not in held:
+            logger.log_metrics({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+
+
 class RunState(L.Callback):
     """Puts the global random generators' states and the run's identity (logger and W&B run id) into every
     checkpoint, restores the generators when training resumes, and holds a lock on the checkpoint folder so that
@@ -385,6 +491,10 @@ class RunState(L.Callback):
         if self._restored is not None:
             set_rng_states(self._restored)
             self._restored = None
+        if trainer.ckpt_path:
+            for logger in trainer.loggers:
+                if isinstance(logger, MetricsFile):
+                    logger.resume(trainer)
 
     def _lock_folder(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ def log_image(trainer: Trainer, key: str, grid: torch.Tensor, caption: str | Non
             logger.log_image(key, [to_pil_image(grid)], step=step, **captions)
         elif isinstance(logger, TensorBoardLogger):
             logger.experiment.add_image(key, grid, global_step=step)
-        elif not logged_to_files:
+        elif not logged_to_files and getattr(logger, "media", True):  # (not dl4's MetricsFile: callbacks/faults.py)
             logged_to_files = True
             folder = Path(logger.log_dir if getattr(logger, "log_dir", None) else trainer.default_root_dir)
             save_image(grid, _file_for(folder, key, step))
@@ -80,7 +80,7 @@ def run_file(trainer: Trainer, name: str) -> Path:
         if isinstance(logger, WandbLogger):
             folder = Path(logger.experiment.dir)
             break
-        if getattr(logger, "log_dir", None):
+        if getattr(logger, "log_dir", None) and getattr(logger, "media", True):
             folder = Path(logger.log_dir) / "media"
     folder = folder or Path(trainer.default_root_dir) / "media"
     folder.mkdir(parents=True, exist_ok=True)

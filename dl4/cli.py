@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 import yaml
 from lightning.pytorch.cli import SaveConfigCallback
-from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from jsonargparse import ArgumentError  # what jsonargparse raises with exit_on_error=False
@@ -29,7 +29,7 @@ import callbacks  # noqa: F401  (makes the callbacks' short names known to the p
 import datamodules  # noqa: F401
 import lightning_models  # noqa: F401
 from callbacks.distributed import BroadcastBuffers
-from callbacks.faults import DivergenceGuard, PreemptionCheckpoint, RunState, SafeCheckpointIO
+from callbacks.faults import DivergenceGuard, MetricsFile, PreemptionCheckpoint, RunState, SafeCheckpointIO
 from dl4.checkpoints import (CheckpointError, check_model_class, checkpoint_folders, drop_key, explicit_model_keys,
                              find_last, read_checkpoint)
 from dl4.config_errors import check_before_parsing, explain
@@ -130,7 +130,8 @@ class DL4CLI(CheckpointHparamsHook):
 
     def instantiate_trainer(self, **kwargs):
         """Every run gets the fault callbacks (``callbacks/faults.py``), ``BroadcastBuffers`` (under DDP every process
-        validates rank zero's model, ``callbacks/distributed.py``) and ``SafeCheckpointIO``."""
+        validates rank zero's model, ``callbacks/distributed.py``), ``SafeCheckpointIO`` and, with a logger, a
+        ``MetricsFile`` that keeps every logged row on disk."""
         config = self.config_init.get(self.subcommand, self.config_init).get("trainer") or {}
         configured = config.get("callbacks") or []
         configured = configured if isinstance(configured, list) else [configured]
@@ -140,6 +141,10 @@ class DL4CLI(CheckpointHparamsHook):
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(SafeCheckpointIO())
+        loggers = config.get("logger")
+        loggers = loggers if isinstance(loggers, list) else [loggers] if loggers not in (None, False, True) else []
+        if loggers and isinstance(loggers[0], (WandbLogger, CSVLogger, TensorBoardLogger)):
+            kwargs.setdefault("logger", [*loggers, MetricsFile(loggers[0])])  # the run's metrics, safe on disk
         return super().instantiate_trainer(callbacks=every_run, plugins=plugins, **kwargs)
 
     def before_instantiate_classes(self):
