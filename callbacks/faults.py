@@ -14,6 +14,7 @@ And one a run asks for (in its config, or ``--trainer.callbacks+=TimeBudget --tr
   ``last.ckpt`` written, so the next job resumes from it exactly.
 """
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -396,9 +397,14 @@ class MetricsFile(Logger):
         return self.file
 
     def write(self, row: dict) -> None:
-        f = self.open()
-        f.write(json.dumps(row) + "\n")
-        f.flush()
+        try:
+            f = self.open()
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+        except OSError as err:
+            if err.errno == errno.ENOSPC:  # W&B's log, beside it on the same disk, has stopped being written too
+                raise disk_full(self.path) from None
+            raise
 
     @rank_zero_only
     def log_hyperparams(self, params, *args, **kwargs) -> None:
@@ -417,7 +423,8 @@ class MetricsFile(Logger):
     @rank_zero_only
     def finalize(self, status: str) -> None:
         if self.file is not None:
-            self.file.close()
+            with contextlib.suppress(OSError):  # every row was flushed; on a full disk the close cannot add any
+                self.file.close()
             self.file = None
 
     @rank_zero_only

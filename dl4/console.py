@@ -9,6 +9,7 @@ A user's mistake (a missing dataset, a setting that cannot work, an unusable che
 """
 
 import errno
+import logging
 import sys
 
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -68,6 +69,7 @@ def main(args=None) -> None:
         if cause is None:
             raise
         print(f"dl4: error: {cause}", file=sys.stderr)
+        logging.raiseExceptions = False  # W&B's teardown logging to a full disk would print tracebacks after it
         sys.exit(next(status for kind, status in EXIT_STATUS.items() if isinstance(cause, kind)))
 
 

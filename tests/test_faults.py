@@ -632,3 +632,18 @@ def test_metrics_logged_before_a_sigkill_survive_and_reach_wandb_on_resume(tmp_p
             assert r["train/loss"] == pytest.approx(before[r["trainer/global_step"]])
     by_step = [r["trainer/global_step"] for r in rows if r["trainer/global_step"] < step]
     assert len(by_step) == len(set(by_step))  # once each up to the checkpoint
+
+
+def test_a_full_wandb_disk_is_one_line_not_a_silent_gap(small_disk, tmp_path, mnist_root):
+    """W&B's folder on a 512 KiB disk, the checkpoints elsewhere: when the disk fills, W&B's writer process fails
+    silently, but dl4's metrics.jsonl beside W&B's run cannot be written either, and the run stops with one line
+    naming it (exit 1); the checkpoints elsewhere are intact."""
+    out = dl4("fit", "--config", CONFIGS / "ae_mnist.yaml", "--trainer.max_epochs=30",
+              "--trainer.limit_train_batches=50", "--trainer.log_every_n_steps=1", *FAST,
+              f"--trainer.logger.save_dir={small_disk}",
+              f'--trainer.callbacks=[{{"class_path": "ModelCheckpoint", "init_args": {{"dirpath": "{tmp_path / "ck"}", '
+              f'"save_last": true}}}}]', cwd=tmp_path, data_root=mnist_root)
+    line = _one_line_error(out, 1, "no space left on the disk of", "metrics.jsonl")
+    assert str(small_disk) in line and "Logging error" not in out.stderr
+    if (tmp_path / "ck" / "last.ckpt").exists():
+        assert torch.load(tmp_path / "ck" / "last.ckpt", weights_only=True)["global_step"] > 0
