@@ -359,7 +359,7 @@ class MetricsFile(Logger):
     a logger.
 
     W&B's offline log is written by its own process, which buffers: killed without warning (the OOM killer, a lost
-    node), a run's ``.wandb`` file kept 1 history row of the 15 logged before its last checkpoint
+    node), a run's ``.wandb`` file kept none of the 15 history rows logged before its last checkpoint
     (``tests/test_faults.py::test_metrics_logged_before_a_sigkill_survive_and_reach_wandb_on_resume``). This file
     keeps them all: a resumed run (``--ckpt_path``) drops the rows after the checkpoint it resumes from, and logs
     to W&B the rows that W&B's earlier segments of the run lack, so that ``wandb sync`` uploads one continuous
