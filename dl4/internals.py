@@ -3,8 +3,9 @@ touches their private names (``tests/test_internals.py`` checks that no other pr
 below still works).
 
 Checked on lightning 2.6.6, torch 2.14.1 and wandb 0.31.0; ``pyproject.toml`` bounds the three to these minor
-versions. Before moving a bound, run ``python -m pytest tests/test_internals.py --full`` on the new version: each use
-names the test that fails if the library changes it.
+versions. To try a newer one: ``pip install "lightning==2.7.*"`` (say), then ``python -m pytest
+tests/test_internals.py`` and the full suite (a deprecation raised by dl4's own calls fails it); if both pass, raise
+the bound in ``pyproject.toml`` in the same commit. Each use names the test that fails if the library changes it.
 
 Lightning
 - ``CheckpointHparamsHook``: LightningCLI reads a ``--ckpt_path``'s hyperparameters in ``_parse_ckpt_path``, which
