@@ -27,13 +27,18 @@ from dl4.errors import ConfigError, check_positive
 Task = Literal["copy", "repeat_copy", "associative_recall"]
 
 
-def random_bits(shape, generator: torch.Generator) -> torch.Tensor:
-    return torch.randint(0, 2, shape, generator=generator).float()
+def random_bits(shape, generator: torch.Generator, zero_vector_rate: float = 0.0) -> torch.Tensor:
+    """Independent fair bits; with ``zero_vector_rate`` each vector (the last axis) is instead all zeros with that
+    probability, on top of the 1 in 2^width of fair bits."""
+    bits = torch.randint(0, 2, shape, generator=generator).float()
+    if zero_vector_rate:
+        bits *= torch.rand((*shape[:-1], 1), generator=generator) >= zero_vector_rate
+    return bits
 
 
-def copy_batch(batch_size: int, length: int, width: int, generator: torch.Generator):
+def copy_batch(batch_size: int, length: int, width: int, generator: torch.Generator, zero_vector_rate: float = 0.0):
     """inputs (2L+1, B, width+1): L vectors, the delimiter (channel ``width``), L blank steps; targets (L, B, width)."""
-    seq = random_bits((length, batch_size, width), generator)
+    seq = random_bits((length, batch_size, width), generator, zero_vector_rate)
     inputs = torch.zeros(2 * length + 1, batch_size, width + 1)
     inputs[:length, :, :width] = seq
     inputs[length, :, width] = 1.0
@@ -49,13 +54,13 @@ def normalised_repeats(repeats: int, min_repeats: int, max_repeats: int) -> floa
 
 
 def repeat_copy_batch(batch_size: int, length: int, repeats: int, width: int, min_repeats: int, max_repeats: int,
-                      generator: torch.Generator):
+                      generator: torch.Generator, zero_vector_rate: float = 0.0):
     """inputs (L+2 + nL+1, B, width+2): L vectors, the delimiter (channel ``width``), the normalised n (channel
     ``width+1``), then blanks; targets (nL+1, B, width+1): the vectors n times, then the end marker.
 
     The delimiter marks the end of the input on its own: the count alone would not, since a count near the middle
     of the range is close to 0 (5 and 6 repeats of 1-10 are -0.17 and 0.17) and looks like a blank step."""
-    seq = random_bits((length, batch_size, width), generator)
+    seq = random_bits((length, batch_size, width), generator, zero_vector_rate)
     out_steps = repeats * length + 1
     inputs = torch.zeros(length + 2 + out_steps, batch_size, width + 2)
     inputs[:length, :, :width] = seq
@@ -67,11 +72,12 @@ def repeat_copy_batch(batch_size: int, length: int, repeats: int, width: int, mi
     return inputs, targets
 
 
-def associative_recall_batch(batch_size: int, items: int, width: int, item_length: int, generator: torch.Generator):
+def associative_recall_batch(batch_size: int, items: int, width: int, item_length: int, generator: torch.Generator,
+                             zero_vector_rate: float = 0.0):
     """inputs ((L+1)(item_length+1) + item_length, B, width+2); targets (item_length, B, width)."""
     if items < 2:
         raise ConfigError(f"associative recall needs at least 2 items, got {items}")
-    content = random_bits((items, item_length, batch_size, width), generator)
+    content = random_bits((items, item_length, batch_size, width), generator, zero_vector_rate)
     step = item_length + 1
     inputs = torch.zeros((items + 1) * step + item_length, batch_size, width + 2)
     for i in range(items):
@@ -152,13 +158,18 @@ class AlgorithmicTasksDataModule(L.LightningDataModule):
         test_lengths: the lengths of ``dl4 test``, beyond the training range to measure generalisation.
         test_per_length: test sequences per length.
         seed: seeds the training stream (offset by the process rank) and the fixed validation and test sets.
+        zero_vector_rate: the probability that a training vector is all zeros instead of fair bits (validation and
+            test keep fair bits, where 1 in 2^width is all zeros). During the output phase the input is all zeros
+            too, so a network can learn "an all-zero input means: answer now"; fair bits show it an all-zero vector
+            among the items too rarely to unlearn that (1 in 256 at width 8), and such a run fails on the
+            sequences that hold one (docs/results/ntm.md, issue 35).
     """
 
     def __init__(self, task: Task = "copy", batch_size: int = 32, min_length: int = 1, max_length: int = 20,
                  min_repeats: int = 1, max_repeats: int = 10, width: int = 8, item_length: int = 3,
                  batches_per_epoch: int = 100, val_per_length: int = 32,
                  test_lengths: Sequence[int] = (10, 20, 30, 50, 80, 120), test_per_length: int = 64, seed: int = 0,
-                 mixed_lengths: bool = False):
+                 mixed_lengths: bool = False, zero_vector_rate: float = 0.0):
         super().__init__()
         check_positive("data", batch_size=batch_size, width=width, item_length=item_length,
                        batches_per_epoch=batches_per_epoch, val_per_length=val_per_length, test_lengths=list(test_lengths),
@@ -168,6 +179,8 @@ class AlgorithmicTasksDataModule(L.LightningDataModule):
         if not 1 <= min_length <= max_length:
             raise ConfigError(f"data.min_length and data.max_length must satisfy 1 <= min <= max, got "
                              f"{min_length} and {max_length}")
+        if not 0 <= zero_vector_rate < 1:
+            raise ConfigError(f"data.zero_vector_rate must be in [0, 1), got {zero_vector_rate}")
         if task == "associative_recall" and min_length < 2:
             raise ConfigError("data.min_length: associative recall needs at least 2 items")
         if not 1 <= min_repeats <= max_repeats:
@@ -194,16 +207,21 @@ class AlgorithmicTasksDataModule(L.LightningDataModule):
         """The lengths of the test set (generalisation), one batch each."""
         return list(self.hparams.test_lengths)
 
-    def make_batch(self, length: int, generator: torch.Generator, batch_size: int | None = None):
+    def make_batch(self, length: int, generator: torch.Generator, batch_size: int | None = None,
+                   zero_vector_rate: float = 0.0):
         """One batch of ``batch_size`` sequences of the given length (number of items for recall)."""
         hp, batch_size = self.hparams, batch_size or self.hparams.batch_size
         if self.task == "copy":
-            return copy_batch(batch_size, length, hp.width, generator)
+            return copy_batch(batch_size, length, hp.width, generator, zero_vector_rate)
         if self.task == "repeat_copy":
             repeats = int(torch.randint(hp.min_repeats, hp.max_repeats + 1, (), generator=generator))
             return repeat_copy_batch(batch_size, length, repeats, hp.width, hp.min_repeats, hp.max_repeats,
-                                     generator)
-        return associative_recall_batch(batch_size, length, hp.width, hp.item_length, generator)
+                                     generator, zero_vector_rate)
+        return associative_recall_batch(batch_size, length, hp.width, hp.item_length, generator, zero_vector_rate)
+
+    def make_training_batch(self, length: int, generator: torch.Generator, batch_size: int | None = None):
+        """A training batch: ``make_batch`` with the training stream's ``zero_vector_rate``."""
+        return self.make_batch(length, generator, batch_size, self.hparams.zero_vector_rate)
 
     def fixed_batch(self, n: int, seed: int = 0, device=None, length: int | None = None):
         """``n`` sequences of ``length`` (default the longest training length) drawn from ``seed``: (inputs,
@@ -220,7 +238,7 @@ class AlgorithmicTasksDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
         rank = self.trainer.global_rank if self.trainer is not None else 0
-        self.train_set = AlgorithmicTasks(self.make_batch, hp.min_length, hp.max_length, hp.seed + 1000 * rank,
+        self.train_set = AlgorithmicTasks(self.make_training_batch, hp.min_length, hp.max_length, hp.seed + 1000 * rank,
                                           hp.mixed_lengths, hp.batch_size)
         self.val_batches = self._fixed_set(self.val_lengths, hp.val_per_length, hp.seed + 1)
         self.test_batches = self._fixed_set(self.test_lengths, hp.test_per_length, hp.seed + 2)

@@ -79,6 +79,8 @@ def test_datamodule_sets_sizes_and_seeded_fixed_sets():
     ({"min_length": 5, "max_length": 3}, "min_length"),
     ({"task": "associative_recall", "min_length": 1}, "at least 2 items"),
     ({"min_repeats": 0}, "min_repeats"),
+    ({"zero_vector_rate": 1.0}, "zero_vector_rate"),
+    ({"zero_vector_rate": -0.1}, "zero_vector_rate"),
 ])
 def test_bad_settings_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -127,3 +129,32 @@ def test_one_length_per_batch_unless_mixed():
     dm = AlgorithmicTasksDataModule(batch_size=4, seed=3)
     dm.setup("fit")
     assert len(dm.train_set[5]) == 2
+
+
+@pytest.mark.parametrize("task", ["copy", "repeat_copy", "associative_recall"])
+def test_zero_vector_rate_blanks_training_vectors_only_and_keeps_the_default_stream(task):
+    """``zero_vector_rate`` makes that fraction of training vectors all zeros (what the input is in the output
+    phase), the rest fair bits; validation and test stay fair bits; at 0 a batch draws what it drew before the
+    option (no extra random numbers), so existing runs are unchanged (`benchmarks/first_steps.py --check`)."""
+    width = 6 if task == "associative_recall" else 8
+    kwargs = dict(task=task, batch_size=64, min_length=4, max_length=8, width=width, seed=5)
+    plain, blanked = AlgorithmicTasksDataModule(**kwargs), AlgorithmicTasksDataModule(**kwargs, zero_vector_rate=0.25)
+    plain.setup("fit")
+    blanked.setup("fit")
+    a, b = plain.make_training_batch(6, gen(1)), plain.make_batch(6, gen(1))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    for a, b in zip(plain.val_batches + plain.test_batches, blanked.val_batches + blanked.test_batches):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+    def zero_fraction(dm):  # over the training targets' vectors (repeat copy's last step is its end marker)
+        targets = [dm.train_set[i][1] for i in range(40)]
+        if task == "repeat_copy":
+            targets = [t[:-1] for t in targets]
+        vectors = torch.cat([t[..., :width].reshape(-1, width) for t in targets])
+        return (vectors.sum(1) == 0).float().mean().item()
+
+    assert zero_fraction(plain) < 0.03  # 1 in 2^width: 1/256, or 1/64 for recall's 6 bits
+    assert 0.2 < zero_fraction(blanked) < 0.32
+    if task == "copy":  # and they are the items the network sees: copy's targets are its input vectors
+        x, y = blanked.train_set[3]
+        assert torch.equal(x[:y.shape[0], :, :width], y)
