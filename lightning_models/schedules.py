@@ -42,6 +42,8 @@ class DecayOnceBelow(ReduceLROnPlateau):
     On the NTM's copy task (docs/results/ntm.md, issue 18) it kept converged runs from relapsing but froze the
     runs that had stalled or relapsed at the threshold, with or without ``beta2=0.99``; what made every seed
     of the compiled path converge was Adam's ``eps`` (1e-4). The experiments there use it, with the commands that rerun them.
+    On fresh seed 107 (issue 35) it did not prevent a relapse after converging, and the run did not recover at the
+    small rate.
     A ``ReduceLROnPlateau``, so that Lightning hands it the monitored value after each validation; give it as
     ``lr_scheduler: {class_path: lightning_models.schedules.DecayOnceBelow, init_args: {monitor: val/..., below: 0.1}}``."""
 

@@ -1,6 +1,9 @@
 """The NTM and its LSTM baseline: learning copy on real generated data, the cost in bits, the pictures, the
 generalisation test through `dl4 test`, and DDP."""
 
+import json
+from pathlib import Path
+
 import lightning as L
 import numpy as np
 import pytest
@@ -201,3 +204,32 @@ def test_ddp_logs_pictures_from_rank_zero_only_and_validates_each_length_once(tm
     assert len(list((run / "media" / "media_ntm_trace").glob("*.png"))) == 4  # steps 1, 3, 5, 7 of 8, rank 0
     metrics = (run / "metrics.csv").read_text()
     assert "val/bits_per_seq" in metrics and "val/sequences" in metrics
+
+
+VERIFIED = Path(__file__).parents[2] / "benchmarks/results/ntm_seeds/fresh_seeds_issue35/verify_seeds100-109/table.json"
+
+
+def test_the_copy_config_is_the_recipe_verified_on_fresh_seeds():
+    """docs/results/ntm.md's fresh-seed rate (issue 35) holds for the committed config only if that config is the
+    recipe those runs trained with. `benchmarks/ntm.py seeds-report` read the recipe from the runs' checkpoints
+    (every model and data hyperparameter but the seed and the compiled step); here every key the config sets
+    must equal it, the epochs must be the config's budget, and the runs must have had no extra arguments."""
+    meta = json.loads(VERIFIED.read_text())["meta"]
+    config = yaml.safe_load((CONFIGS / "ntm_copy.yaml").read_text())
+    recipe = meta["recipe"]
+    assert recipe["model"]["_class_path"].endswith(config["model"]["class_path"])
+    assert recipe["data"]["_class_path"].endswith(config["data"]["class_path"])
+    for part in ("model", "data"):
+        for key, value in config[part]["init_args"].items():
+            if key == "compile":  # the protocol runs both the compiled and the eager step
+                continue
+            if key == "optimizer":
+                assert recipe[part][key]["class_path"] == value["class_path"]
+                for name, setting in value["init_args"].items():
+                    assert recipe[part][key]["init_args"][name] == setting, (key, name)
+                continue
+            assert recipe[part][key] == value, (part, key)
+    assert meta["epochs"] == [config["trainer"]["max_epochs"]]
+    assert meta["extra"] == []
+    assert set(meta["summary"]) == {"1/highest/compiled", "1/highest/eager"}
+    assert all(s["seeds"] == 10 for s in meta["summary"].values())
