@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from datamodules import AlgorithmicTasksDataModule
-from datamodules.algorithmic import associative_recall_batch, copy_batch, normalised_repeats, repeat_copy_batch
+from datamodules.algorithmic import (associative_recall_batch, copy_batch, normalised_repeats, random_bits,
+                                    repeat_copy_batch)
 
 
 def gen(seed=0):
@@ -141,8 +142,10 @@ def test_zero_vector_rate_blanks_training_vectors_only_and_keeps_the_default_str
     plain, blanked = AlgorithmicTasksDataModule(**kwargs), AlgorithmicTasksDataModule(**kwargs, zero_vector_rate=0.25)
     plain.setup("fit")
     blanked.setup("fit")
-    a, b = plain.make_training_batch(6, gen(1)), plain.make_batch(6, gen(1))
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    # at rate 0: the bits the generators drew before the option, and no further random number drawn
+    drawn, before = gen(1), gen(1)
+    assert torch.equal(random_bits((6, 4, width), drawn), torch.randint(0, 2, (6, 4, width), generator=before).float())
+    assert torch.equal(torch.rand(3, generator=drawn), torch.rand(3, generator=before))
     for a, b in zip(plain.val_batches + plain.test_batches, blanked.val_batches + blanked.test_batches):
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
