@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from callbacks.media import EveryNEpochs, evaluating, figure_to_image, log_image, pyplot, run_file
+from callbacks.pictures import trace_figure
 from lightning_models.ntm import sequence_cost
 
 
@@ -26,30 +27,6 @@ def run_model(pl_module, inputs: torch.Tensor, record: bool):
         else:
             logits, trace = pl_module(inputs), None
     return logits.cpu(), trace
-
-
-def trace_figure(inputs, targets, outputs, trace):
-    """Figure 6 of the paper for one sequence: inputs, targets and outputs over time (top), the add vectors and
-    write weightings, the read vectors and read weightings (below), time running left to right."""
-    plt = pyplot()
-    T, out_steps = inputs.shape[0], targets.shape[0]
-    padded_targets = torch.zeros(T, targets.shape[-1])
-    padded_targets[T - out_steps:] = targets
-    panels = [("inputs", inputs.T), ("targets", padded_targets.T), ("outputs", outputs.T)]
-    if trace is not None:
-        panels += [("adds a_t", trace["adds"][:, 0].T), ("write weightings w_t", trace["write_weights"][:, 0].T),
-                   ("reads r_t", trace["reads"][:, 0].T), ("read weightings w_t", trace["read_weights"][:, 0].T)]
-    heights = [min(5.0, max(2.0, p[1].shape[0] / 8)) for p in panels]  # 128 memory rows get 5 units, not 16
-    fig, axes = plt.subplots(len(panels), 1, figsize=(max(4.0, T / 6), sum(heights) * 0.6), dpi=100,
-                             gridspec_kw={"height_ratios": heights}, squeeze=False)
-    for ax, (title, image) in zip(axes[:, 0], panels):
-        ax.imshow(image.numpy(), aspect="auto", interpolation="nearest", cmap="gray" if "put" in title
-                  or "targets" in title else "viridis")
-        ax.set_title(title, fontsize=8, loc="left")
-        ax.set_yticks([])
-    axes[-1, 0].set_xlabel("time")
-    fig.tight_layout()
-    return figure_to_image(fig)
 
 
 def memory_figure(memory: torch.Tensor, step: int):

@@ -161,6 +161,7 @@ class DistortedMNISTDataModule(MNISTDataModule):
         clutter_pieces, clutter_size: TC's clutter; the defaults are the 60 x 60 protocol of Mnih et al. (2014),
             whose dataset the paper's TC follows: 4 pieces of 8 x 8.
         canvas: the side of RTS's and TC's canvas in pixels (default 42 and 60).
+        predict_path: ``dl4 predict``'s input: a folder of digit images (or one), made grey and ``canvas`` square.
         The other arguments are ``MNISTDataModule``'s (grey levels; 55,000 / 5,000 seeded split by default).
     """
 
@@ -170,8 +171,9 @@ class DistortedMNISTDataModule(MNISTDataModule):
                  elastic_alpha: float = 34.0, elastic_sigma: float = 4.0, clutter_pieces: int = 4,
                  clutter_size: int = 8, canvas: int | None = None, data_dir: str | None = None,
                  batch_size: int = 256, eval_batch_size: int = 1000, val_size: int = 5000, download: bool = True,
-                 seed: int = 0, on_device: bool = True):
-        super().__init__(data_dir, batch_size, eval_batch_size, val_size, "random", "none", download, seed, on_device)
+                 seed: int = 0, on_device: bool = True, predict_path: str | None = None):
+        super().__init__(data_dir, batch_size, eval_batch_size, val_size, "random", "none", download, seed, on_device,
+                         predict_path)
         if distortion not in ("r", "rts", "p", "e", "tc"):
             raise ConfigError(f"data.distortion must be one of r, rts, p, e, tc, got {distortion!r}")
         for key, (low, high) in (("scale_range", scale_range), ("projective_scale_range", projective_scale_range)):
@@ -209,9 +211,13 @@ class DistortedMNISTDataModule(MNISTDataModule):
             canvas = torch.maximum(canvas, clutter(x, S, self.clutter_pieces, self.clutter_size, generator))
         return canvas
 
+    @property
+    def image_size(self) -> int:
+        return self.canvas
+
     def setup(self, stage: str | None = None):
-        if self.train_set is not None:
-            return
+        if self.train_set is not None or self.own_inputs():
+            return super().setup(stage)
         super().setup(stage)
         g = torch.Generator().manual_seed(self.seed + 1)
         for name in ("val_set", "test_set"):  # distorted once, from the seed, stored as uint8 like the rest

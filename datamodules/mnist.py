@@ -14,6 +14,8 @@ from torchvision.datasets import MNIST
 
 from dl4.data_root import DatasetNotFoundError, default_data_dir
 from datamodules.integrity import verify_idx, verify_labels, verify_published
+from datamodules.user_inputs import digit_images
+from dl4.predictions import NoiseSeeds
 from datamodules.tensors import TensorBatchDataset, first_examples, tensor_loader
 from dl4.errors import ConfigError, check_positive
 
@@ -69,12 +71,17 @@ class MNISTDataModule(L.LightningDataModule):
         download: fetch the files when they are missing.
         seed: seeds the train/validation split and the fixed binarisation.
         on_device: keep the tensors on the accelerator the trainer uses (no host-to-device copy per batch).
+        predict_path: what ``dl4 predict`` reads: a folder of digit images (PNG, JPEG; any size, made grey and
+            ``image_size`` square as MNIST is: ``datamodules/user_inputs.py``) or one image. Default: the test set.
+        predict_samples, predict_seed: instead, ask a generative model (VAE, GAN) for this many samples; sample i
+            is drawn from the noise of seed ``predict_seed * 1000000 + i``, so a seed always gives the same samples.
     """
 
     def __init__(self, data_dir: str | None = None, batch_size: int = 128, eval_batch_size: int = 1000,
                  val_size: int = 5000, val_split: Literal["random", "tail"] = "random",
                  binarize: Literal["none", "fixed", "dynamic"] = "none", download: bool = True, seed: int = 0,
-                 on_device: bool = True):
+                 on_device: bool = True, predict_path: str | None = None, predict_samples: int = 0,
+                 predict_seed: int = 0):
         super().__init__()
         check_positive("data", batch_size=batch_size, eval_batch_size=eval_batch_size)
         if not 0 < val_size < 60000:
@@ -83,13 +90,46 @@ class MNISTDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.val_split, self.binarize, self.download = val_size, val_split, binarize, download
         self.seed, self.on_device = seed, on_device
-        self.train_set = self.val_set = self.test_set = None
+        if predict_samples < 0 or (predict_samples and predict_path):
+            raise ConfigError("data.predict_samples must be >= 0, and is for sampling: give it or data.predict_path, "
+                              "not both")
+        self.predict_path, self.predict_samples, self.predict_seed = predict_path, predict_samples, predict_seed
+        self.train_set = self.val_set = self.test_set = self.predict_set = None
+        self.predict_names: list[str] | None = None
+
+    @property
+    def image_size(self) -> int:
+        """The side of the images a model of this data reads."""
+        return 28
+
+    def own_inputs(self) -> bool:
+        """True when ``dl4 predict`` runs on the user's inputs (images or samples): MNIST itself is not needed."""
+        return bool(self.predict_path or self.predict_samples) and self.trainer is not None and \
+            self.trainer.predicting
+
+    def read_predict_inputs(self) -> None:
+        """The user's images (uint8, like MNIST's; label -1), or the noise seeds of the samples asked for."""
+        if self.predict_samples:
+            model = self.trainer.lightning_module
+            if not callable(getattr(model, "sample", None)):
+                raise ConfigError(f"data.predict_samples: a {type(model).__name__} has no prior to sample from; give "
+                                  "data.predict_path (images) instead, or use a generative model (VAE, GAN)")
+            first = self.predict_seed * 1_000_000
+            self.predict_names = [f"sample {i} of seed {self.predict_seed}" for i in range(self.predict_samples)]
+            self.predict_set = TensorBatchDataset(torch.arange(first, first + self.predict_samples))
+            return
+        self.predict_names, x = digit_images(self.predict_path, self.image_size)
+        self.predict_set = TensorBatchDataset(x, torch.full((len(x),), -1))
 
     def prepare_data(self):
+        if self.own_inputs():
+            return
         for train in (True, False):
             load_mnist(self.data_dir, train, self.download)
 
     def setup(self, stage: str | None = None):
+        if self.own_inputs():
+            return self.read_predict_inputs()
         if self.train_set is not None:
             return
         g = torch.Generator().manual_seed(self.seed)
@@ -125,6 +165,9 @@ class MNISTDataModule(L.LightningDataModule):
         return tensor_loader(self.test_set, self.eval_batch_size, shuffle=False)
 
     def predict_dataloader(self):
+        if self.predict_set is not None:
+            return tensor_loader(self.predict_set, self.eval_batch_size, shuffle=False)
+        self.predict_names = [f"test image {i}" for i in range(len(self.test_set))]
         return self.test_dataloader()
 
     def fixed_batch(self, n: int, seed: int = 0, device=None):
@@ -132,6 +175,8 @@ class MNISTDataModule(L.LightningDataModule):
         return first_examples(self, self.val_set, n, device)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if len(batch) == 1:  # the noise seeds of data.predict_samples
+            return NoiseSeeds(batch[0])
         x, y = batch
         x = x.float() / 255.0
         if self.binarize == "dynamic" and self.trainer is not None and self.trainer.training:

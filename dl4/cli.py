@@ -19,6 +19,7 @@ from typing import Literal
 
 import torch
 import yaml
+from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -29,6 +30,7 @@ import callbacks  # noqa: F401  (makes the callbacks' short names known to the p
 import datamodules  # noqa: F401
 import lightning_models  # noqa: F401
 from callbacks.distributed import BroadcastBuffers
+from callbacks.predictions import PredictionWriter
 from callbacks.faults import DivergenceGuard, MetricsFile, PreemptionCheckpoint, RunState, SafeCheckpointIO
 from dl4.checkpoints import (CheckpointError, check_model_class, checkpoint_folders, drop_key, explicit_model_keys,
                              find_last, read_checkpoint)
@@ -131,12 +133,15 @@ class DL4CLI(CheckpointHparamsHook):
     def instantiate_trainer(self, **kwargs):
         """Every run gets the fault callbacks (``callbacks/faults.py``), ``BroadcastBuffers`` (under DDP every process
         validates rank zero's model, ``callbacks/distributed.py``), ``SafeCheckpointIO`` and, with a logger, a
-        ``MetricsFile`` that keeps every logged row on disk."""
+        ``MetricsFile`` that keeps every logged row on disk; ``dl4 predict`` a ``PredictionWriter``
+        (``callbacks/predictions.py``)."""
         config = self.config_init.get(self.subcommand, self.config_init).get("trainer") or {}
         configured = config.get("callbacks") or []
         configured = configured if isinstance(configured, list) else [configured]
         guard = [] if any(isinstance(c, DivergenceGuard) for c in configured) else [DivergenceGuard()]
         every_run = [*configured, *guard, PreemptionCheckpoint(), RunState(), BroadcastBuffers()]
+        if self.subcommand == "predict" and not any(isinstance(c, BasePredictionWriter) for c in configured):
+            every_run.append(PredictionWriter())  # the predictions, as files and a W&B table
         plugins = config.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):

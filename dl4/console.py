@@ -18,7 +18,7 @@ from callbacks.faults import DiskFullError, DivergedError, disk_full
 from datamodules.integrity import CorruptDataError
 from dl4.cli import DL4CLI, configure_runtime
 from dl4.data_root import DatasetNotFoundError
-from dl4.errors import ConfigError
+from dl4.errors import ConfigError, InputError
 
 HELP = """
 usage: dl4 <command> [options]        (dl4 <command> --help for a command's options)
@@ -39,7 +39,8 @@ A run logs to W&B offline unless you are logged in; `wandb leet <run dir>` shows
 """
 
 
-EXIT_STATUS = {DatasetNotFoundError: 1, CorruptDataError: 1, DiskFullError: 1, ConfigError: 2, DivergedError: 3}
+EXIT_STATUS = {DatasetNotFoundError: 1, CorruptDataError: 1, DiskFullError: 1, InputError: 1, ConfigError: 2,
+               DivergedError: 3}
 
 
 def main(args=None) -> None:

@@ -25,3 +25,9 @@ def check_fraction(where: str, closed_above: bool = True, **values) -> None:
             continue
         if not (0 <= value <= 1 if closed_above else 0 <= value < 1):
             raise ConfigError(f"{where}.{key} must be in [0, 1{']' if closed_above else ')'}, got {value!r}")
+
+
+class InputError(ValueError):
+    """An input of ``dl4 predict`` that cannot be used (an unreadable image, a story line that does not parse, a
+    sequence of the wrong width). Its message names the file (and line) and what to do; ``dl4`` prints it as one
+    line and exits with status 1 before any output is written."""

@@ -16,6 +16,7 @@ from dl4.errors import ConfigError, check_fraction, check_positive
 from lightning_models.nn.autoencoders import (Encoder, contractive_penalty_sigmoid, gaussian_noise,
                                               jacobian_frobenius_sq, kl_sparsity, masking_noise, mirrored_mlps,
                                               reconstruction_error, top_k)
+from dl4.predictions import Predictions
 from lightning_models.checkpoints import ConfiguredNetworks
 from lightning_models.optim import fused_adam, optimizer_with_schedule, trainable
 from lightning_models.train_logging import log_train_metrics
@@ -91,7 +92,15 @@ class Autoencoder(ConfiguredNetworks):
         self._evaluate(batch, self.test_recon, "test")
 
     def predict_step(self, batch, batch_idx):
-        return self.encode(batch[0])
+        """``dl4 predict``: per image its code h, its reconstruction and the reconstruction error."""
+        x, labels = batch
+        h = self.encode(x)
+        logits = self.decoder(h)
+        x_hat = torch.sigmoid(logits)
+        errors = reconstruction_error(logits, x, self.hparams.loss).tolist()
+        records = [{"recon_error": e, **({"label": y} if y >= 0 else {})} for e, y in zip(errors, labels.tolist())]
+        return Predictions(records, {"reconstruction": x_hat, "code": h},
+                           {"reconstruction": torch.cat([x, x_hat], dim=-1)})  # the input, then its reconstruction
 
     def configure_optimizers(self):
         return optimizer_with_schedule(trainable(self), self.optimizer, self.lr_scheduler)

@@ -18,6 +18,7 @@ from dl4.errors import ConfigError, check_positive
 from lightning_models.nn.gan import (MLPDiscriminator, MLPGenerator, Prior, discriminator_loss, generator_loss,
                                      sample_noise, uniform_init)
 from lightning_models.nn.parzen import MNIST_SIGMAS, MeanStdErr, parzen_log_likelihood, select_sigma
+from dl4.predictions import NoiseSeeds, Predictions, seeded_noise
 from lightning_models.checkpoints import ConfiguredNetworks
 from dl4.internals import find_unused_parameters
 from lightning_models.optim import build_optimizer, fused_adam, trainable
@@ -220,6 +221,24 @@ class GAN(ConfiguredNetworks):
         self.log_dict({"test/parzen_ll": mean.float(), "test/parzen_ll_stderr": stderr.float(),
                        "test/parzen_sigma": self._test_sigma})
         self.test_parzen.reset()
+
+    def predict_step(self, batch, batch_idx, interpolation_steps: int = 8):
+        """``dl4 predict``: for noise seeds (``data.predict_samples``) each sample G(z) and the path from its z to
+        the next seed's, decoded at ``interpolation_steps`` points (so consecutive samples' strips join up); for
+        images, D's probability that each is real."""
+        if not isinstance(batch, NoiseSeeds):
+            x, labels = batch
+            p_real = torch.sigmoid(self.discriminator(x)).flatten().tolist()
+            return Predictions([{"p_real": p, **({"label": y} if y >= 0 else {})} for p, y in
+                                zip(p_real, labels.tolist())])
+        z = seeded_noise(batch.seeds, lambda g: self.noise(1, g))
+        z_next = seeded_noise(batch.seeds + 1, lambda g: self.noise(1, g))
+        t = torch.linspace(0, 1, interpolation_steps, device=z.device)[None, :, None]
+        path = (1 - t) * z[:, None] + t * z_next[:, None]  # (B, steps, noise_dim)
+        frames = self.generator(path.flatten(0, 1)).unflatten(0, path.shape[:2])  # (B, steps, C, H, W)
+        return Predictions([{"seed": s} for s in batch.seeds.tolist()],
+                           {"sample": frames[:, 0], "z": z, "interpolation": frames},
+                           {"sample": frames[:, 0], "interpolation": torch.cat(frames.unbind(1), dim=-1)})
 
     def configure_optimizers(self):
         opt_d = build_optimizer(self.d_optimizer, trainable(self.discriminator), "d_optimizer")

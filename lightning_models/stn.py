@@ -11,6 +11,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from dl4.predictions import Predictions
 from lightning_models.checkpoints import ConfiguredNetworks
 from dl4.errors import check_positive
 from lightning_models.optim import optimizer_with_schedule, trainable
@@ -82,6 +83,27 @@ class STNClassifier(ConfiguredNetworks):
     def on_test_epoch_end(self):
         self.log("test/error", 100 * (1 - self.test_accuracy.compute()))
         self.test_accuracy.reset()
+
+    def predict_step(self, batch, batch_idx):
+        """``dl4 predict``: per image the class, its probability and all ten, theta, the transformer's output V, and
+        a picture of the region it sampled (the input with the grid's outline, then V)."""
+        from callbacks.pictures import region_pictures  # (drawing helpers; imported here, the callbacks import models)
+
+        U, labels = batch
+        U = U.contiguous(memory_format=self.memory_format)
+        V, theta = self.transformer(U) if self.transformer is not None else (U, None)
+        probabilities = self.classifier(V).float().softmax(-1)
+        p, c = probabilities.max(-1)
+        records = [{"class": k, "probability": q, **({"label": y} if y >= 0 else {})}
+                   for k, q, y in zip(c.tolist(), p.tolist(), labels.tolist())]
+        arrays = {"probabilities": probabilities, "output": V.float()}
+        if theta is None:
+            return Predictions(records, arrays)
+        st = self.transformer
+        control = theta.view(len(U), -1, 2) if st.transform == "tps" else None
+        pictures = region_pictures(U.float(), V.float(), st.grid(theta, U.shape[1]), control)
+        return Predictions(records, {**arrays, "theta": theta.float()},
+                           {"region": torch.cat([pictures[0::2], pictures[1::2]], dim=-1)})
 
     def configure_optimizers(self):
         return optimizer_with_schedule(trainable(self), self.optimizer, self.lr_scheduler)

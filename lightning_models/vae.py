@@ -13,6 +13,7 @@ from torchmetrics import MeanMetric
 from dl4.errors import ConfigError, check_positive
 from lightning_models.nn.autoencoders import mirrored_mlps
 from lightning_models.nn.vae import gaussian_kl, importance_weighted_nll, log_likelihood, reparameterize
+from dl4.predictions import NoiseSeeds, Predictions, seeded_noise
 from lightning_models.checkpoints import ConfiguredNetworks
 from lightning_models.optim import fused_adam, optimizer_with_schedule, trainable
 from lightning_models.train_logging import log_train_metrics
@@ -109,7 +110,22 @@ class VAE(ConfiguredNetworks):
         self.log(f"test/iw_nll_k{self.iw_samples}", self.test_iw_nll)
 
     def predict_step(self, batch, batch_idx):
-        return self.encode(batch[0])
+        """``dl4 predict``: samples for noise seeds (``data.predict_samples``), or per image its code (the mean of
+        q(z|x)), its reconstruction (decoded from that mean), -ELBO and the importance-weighted NLL (``iw_samples``)."""
+        if isinstance(batch, NoiseSeeds):
+            z = seeded_noise(batch.seeds, lambda g: self.noise(1, g))
+            x = self.decode(z)
+            return Predictions([{"seed": s} for s in batch.seeds.tolist()], {"sample": x, "z": z}, {"sample": x})
+        x, labels = batch
+        mu = self.encode(x)
+        x_hat = self.decode(mu)
+        neg_elbo = self.negative_elbo(x)[0].tolist()
+        iw_nll = importance_weighted_nll(x, self.encode_distribution, self.decoder, self.iw_samples,
+                                         self.hparams.likelihood, self.iw_rows).tolist()
+        records = [{"neg_elbo": e, f"iw_nll_k{self.iw_samples}": n, **({"label": y} if y >= 0 else {})}
+                   for e, n, y in zip(neg_elbo, iw_nll, labels.tolist())]
+        return Predictions(records, {"reconstruction": x_hat, "code": mu},
+                           {"reconstruction": torch.cat([x, x_hat], dim=-1)})
 
     def configure_optimizers(self):
         return optimizer_with_schedule(trainable(self), self.optimizer, self.lr_scheduler)

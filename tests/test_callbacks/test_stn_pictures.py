@@ -3,7 +3,7 @@
 import torch
 from PIL import Image
 
-from callbacks.stn import grid_outline, region_pictures, to_pixels
+from callbacks.pictures import grid_outline, region_pictures, to_pixels
 from conftest import CONFIGS, assert_ddp_validation_is_one_process, ddp_fit, dl4
 from lightning_models.nn.stn import affine_grid, target_grid
 from dl4.wandb_records import history
