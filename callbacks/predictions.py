@@ -90,13 +90,15 @@ class PredictionWriter(BasePredictionWriter):
             self.write(trainer, sorted(rows, key=lambda row: row[0]))
 
     def write(self, trainer, rows: list) -> None:
-        names = getattr(trainer.datamodule, "predict_names", None)
+        names = getattr(trainer.datamodule, "predict_names", None)  # the inputs' names, and what the datamodule
+        info = getattr(trainer.datamodule, "predict_info", None)  # knows of each (a given answer, a note)
         folder = self.folder
         folder.mkdir(parents=True, exist_ok=True)
         records, pictures = [], {}
         digits = max(4, len(str(len(rows))))
         for index, record, _, drawn in rows:
-            record = {"index": index, "input": names[index] if names else str(index), **record}
+            record = {"index": index, "input": names[index] if names else str(index),
+                      **(info[index] if info else {}), **record}
             for kind, picture in drawn.items():
                 (folder / "pictures" / kind).mkdir(parents=True, exist_ok=True)
                 name = f"pictures/{kind}/{index:0{digits}d}.png"
@@ -125,7 +127,10 @@ class PredictionWriter(BasePredictionWriter):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 self.log_table(logger, records, folder, list(pictures))
-        print(f"Predictions: {folder}\n  {len(records)} inputs: {', '.join(written)}", flush=True)
+        scored = [r["correct"] for r in records if "correct" in r]
+        accuracy = f"\n  accuracy: {100 * sum(scored) / len(scored):.1f}% of the {len(scored)} inputs with an answer" \
+            if scored else ""
+        print(f"Predictions: {folder}\n  {len(records)} inputs: {', '.join(written)}{accuracy}", flush=True)
 
     @staticmethod
     def log_table(logger: WandbLogger, records: list[dict], folder: Path, kinds: list[str]) -> None:

@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from datamodules.tensors import EpochOrder, eval_sampler
-from dl4.errors import ConfigError, check_positive
+from datamodules.user_inputs import read_bit_sequences
+from dl4.errors import ConfigError, InputError, check_positive
 
 Task = Literal["copy", "repeat_copy", "associative_recall"]
 
@@ -38,7 +39,12 @@ def random_bits(shape, generator: torch.Generator, zero_vector_rate: float = 0.0
 
 def copy_batch(batch_size: int, length: int, width: int, generator: torch.Generator, zero_vector_rate: float = 0.0):
     """inputs (2L+1, B, width+1): L vectors, the delimiter (channel ``width``), L blank steps; targets (L, B, width)."""
-    seq = random_bits((length, batch_size, width), generator, zero_vector_rate)
+    return copy_sequences(random_bits((length, batch_size, width), generator, zero_vector_rate))
+
+
+def copy_sequences(seq: torch.Tensor):
+    """Given vectors seq (L, B, width): the copy task's inputs (2L+1, B, width+1) and targets (seq itself)."""
+    length, batch_size, width = seq.shape
     inputs = torch.zeros(2 * length + 1, batch_size, width + 1)
     inputs[:length, :, :width] = seq
     inputs[length, :, width] = 1.0
@@ -61,6 +67,12 @@ def repeat_copy_batch(batch_size: int, length: int, repeats: int, width: int, mi
     The delimiter marks the end of the input on its own: the count alone would not, since a count near the middle
     of the range is close to 0 (5 and 6 repeats of 1-10 are -0.17 and 0.17) and looks like a blank step."""
     seq = random_bits((length, batch_size, width), generator, zero_vector_rate)
+    return repeat_copy_sequences(seq, repeats, min_repeats, max_repeats)
+
+
+def repeat_copy_sequences(seq: torch.Tensor, repeats: int, min_repeats: int, max_repeats: int):
+    """Given vectors seq (L, B, width) and n: repeat copy's inputs and targets (see ``repeat_copy_batch``)."""
+    length, batch_size, width = seq.shape
     out_steps = repeats * length + 1
     inputs = torch.zeros(length + 2 + out_steps, batch_size, width + 2)
     inputs[:length, :, :width] = seq
@@ -78,12 +90,19 @@ def associative_recall_batch(batch_size: int, items: int, width: int, item_lengt
     if items < 2:
         raise ConfigError(f"associative recall needs at least 2 items, got {items}")
     content = random_bits((items, item_length, batch_size, width), generator, zero_vector_rate)
+    query = torch.randint(0, items - 1, (batch_size,), generator=generator)
+    return associative_recall_sequences(content, query)
+
+
+def associative_recall_sequences(content: torch.Tensor, query: torch.Tensor):
+    """Given items content (L, item_length, B, width) and the queried item's index (B,), each below L-1: the
+    inputs and targets of associative recall (see ``associative_recall_batch``)."""
+    items, item_length, batch_size, width = content.shape
     step = item_length + 1
     inputs = torch.zeros((items + 1) * step + item_length, batch_size, width + 2)
     for i in range(items):
         inputs[i * step, :, width] = 1.0
         inputs[i * step + 1:(i + 1) * step, :, :width] = content[i]
-    query = torch.randint(0, items - 1, (batch_size,), generator=generator)
     batch = torch.arange(batch_size)
     inputs[items * step, :, width + 1] = 1.0
     inputs[items * step + 1:(items + 1) * step, :, :width] = content[query, :, batch].transpose(0, 1)
@@ -163,17 +182,26 @@ class AlgorithmicTasksDataModule(L.LightningDataModule):
             too, so a network can learn "an all-zero input means: answer now"; fair bits show it an all-zero vector
             among the items too rarely to unlearn that (1 in 256 at width 8), and such a run fails on the
             sequences that hold one (docs/results/ntm.md, issue 35).
+        predict_path: what ``dl4 predict`` reads: a text file of bit sequences, one vector of ``width`` bits per
+            line, a blank line between sequences (``datamodules/user_inputs.py``). For associative recall a
+            sequence is its items' vectors (``item_length`` each), the last item being the query.
+        predict_length, predict_count, predict_seed: without a file, ``predict_count`` sequences of this length
+            (default ``max_length``) drawn from ``predict_seed``.
+        predict_repeats: repeat copy's n for the predicted sequences (default ``max_repeats``).
     """
 
     def __init__(self, task: Task = "copy", batch_size: int = 32, min_length: int = 1, max_length: int = 20,
                  min_repeats: int = 1, max_repeats: int = 10, width: int = 8, item_length: int = 3,
                  batches_per_epoch: int = 100, val_per_length: int = 32,
                  test_lengths: Sequence[int] = (10, 20, 30, 50, 80, 120), test_per_length: int = 64, seed: int = 0,
-                 mixed_lengths: bool = False, zero_vector_rate: float = 0.0):
+                 mixed_lengths: bool = False, zero_vector_rate: float = 0.0, predict_path: str | None = None,
+                 predict_length: int | None = None, predict_count: int = 8, predict_seed: int = 0,
+                 predict_repeats: int | None = None):
         super().__init__()
         check_positive("data", batch_size=batch_size, width=width, item_length=item_length,
                        batches_per_epoch=batches_per_epoch, val_per_length=val_per_length, test_lengths=list(test_lengths),
-                       test_per_length=test_per_length)
+                       test_per_length=test_per_length, predict_length=predict_length,
+                       predict_count=predict_count, predict_repeats=predict_repeats)
         if task not in ("copy", "repeat_copy", "associative_recall"):
             raise ConfigError(f"data.task: unknown task {task!r}; choose copy, repeat_copy or associative_recall")
         if not 1 <= min_length <= max_length:
@@ -235,8 +263,51 @@ class AlgorithmicTasksDataModule(L.LightningDataModule):
         generator = torch.Generator().manual_seed(seed)
         return [(*self.make_batch(length, generator, per_length), length) for length in lengths]
 
+    def read_predict_inputs(self) -> None:
+        """``dl4 predict``'s sequences, each one item (inputs (T, C), targets (T_out, C')): from the file, or drawn."""
+        hp = self.hparams
+        repeats = hp.predict_repeats or hp.max_repeats
+        if hp.predict_path is None:
+            length = hp.predict_length or hp.max_length
+            inputs, targets = self.make_batch(length, torch.Generator().manual_seed(hp.predict_seed),
+                                              hp.predict_count) if self.task != "repeat_copy" else \
+                repeat_copy_batch(hp.predict_count, length, repeats, hp.width, hp.min_repeats, hp.max_repeats,
+                                  torch.Generator().manual_seed(hp.predict_seed))
+            self.predict_names = [f"length {length}, seed {hp.predict_seed}, sequence {i}"
+                                  for i in range(hp.predict_count)]
+            self.predict_items = list(zip(inputs.unbind(1), targets.unbind(1)))
+            return
+        self.predict_names, sequences = read_bit_sequences(hp.predict_path, hp.width)
+        self.predict_items = []
+        for name, seq in zip(self.predict_names, sequences):
+            if self.task == "copy":
+                inputs, targets = copy_sequences(seq[:, None])
+            elif self.task == "repeat_copy":
+                inputs, targets = repeat_copy_sequences(seq[:, None], repeats, hp.min_repeats, hp.max_repeats)
+            else:
+                inputs, targets = associative_recall_sequences(*self.recall_items(name, seq))
+            self.predict_items.append((inputs[:, 0], targets[:, 0]))
+
+    def recall_items(self, name: str, seq: torch.Tensor):
+        """A recall sequence from a file -> (content (L, item_length, 1, width), the query's index (1,))."""
+        k = self.hparams.item_length
+        if len(seq) % k or len(seq) < 3 * k:
+            raise InputError(f"{self.hparams.predict_path}, sequence at line {name.rsplit(':', 1)[1]}: associative "
+                             f"recall needs at least 2 items and the query, each {k} vectors (data.item_length); "
+                             f"got {len(seq)} vectors")
+        items = seq.view(-1, k, 1, seq.shape[-1])
+        content, query = items[:-1], items[-1]
+        matches = [i for i in range(len(content) - 1) if torch.equal(content[i], query)]
+        if not matches:
+            raise InputError(f"{self.hparams.predict_path}, sequence at line {name.rsplit(':', 1)[1]}: the query "
+                             "(the last item) must repeat one of the items before the last, whose successor is "
+                             "the answer")
+        return content, torch.tensor([matches[0]])
+
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
+        if stage == "predict":
+            return self.read_predict_inputs()
         rank = self.trainer.global_rank if self.trainer is not None else 0
         self.train_set = AlgorithmicTasks(self.make_training_batch, hp.min_length, hp.max_length, hp.seed + 1000 * rank,
                                           hp.mixed_lengths, hp.batch_size)
@@ -253,3 +324,7 @@ class AlgorithmicTasksDataModule(L.LightningDataModule):
 
     def test_dataloader(self):
         return DataLoader(self.test_batches, batch_size=None, sampler=eval_sampler(self.test_batches))
+
+    def predict_dataloader(self):  # one sequence a batch (they may differ in length), time-major (T, 1, C)
+        return DataLoader(self.predict_items, batch_size=1, sampler=eval_sampler(self.predict_items),
+                          collate_fn=lambda items: tuple(t[:, None] for t in items[0]))

@@ -20,7 +20,7 @@ from datamodules.download import BABI_URL, download_babi
 from dl4.data_root import DatasetNotFoundError, default_data_dir
 from datamodules.integrity import CorruptDataError, verify_published
 from datamodules.tensors import TensorBatchDataset, first_examples, tensor_loader
-from dl4.errors import ConfigError, check_positive
+from dl4.errors import ConfigError, InputError, check_positive
 
 TASKS = {1: "single-supporting-fact", 2: "two-supporting-facts", 3: "three-supporting-facts",
          4: "two-arg-relations", 5: "three-arg-relations", 6: "yes-no-questions", 7: "counting", 8: "lists-sets",
@@ -38,6 +38,7 @@ class Question:
     words: list[str]
     answer: str
     supports: list[int]  # indices into story[:n_statements] of the supporting facts
+    line: int = 0  # the question's line in its file
 
 
 class BabiBatch(NamedTuple):
@@ -59,13 +60,18 @@ def tokenize(sentence: str) -> list[str]:
 RESTORE_BABI = f"Delete it and run `dl4 data download babi`, which restores it from tasks_1-20_v1-2.tar.gz ({BABI_URL})."
 
 
-def _malformed(path: Path, line: int, why: str) -> CorruptDataError:
+def _malformed(path: Path, line: int, why: str, user_file: bool = False) -> ValueError:
+    if user_file:
+        return InputError(f"{path}, line {line}: {why}. Write bAbI's format: '<id> <sentence>' lines numbered from "
+                          "1 in each story, questions '<id> <question>?' with '<TAB><answer>' optional")
     return CorruptDataError(f"{path}, line {line}: {why}. {RESTORE_BABI}")
 
 
-def parse_babi(path: Path) -> list[Question]:
+def parse_babi(path: Path, user_file: bool = False) -> list[Question]:
     """The questions of one bAbI file, in file order. A malformed line, or text that is not UTF-8, raises
-    CorruptDataError (a ValueError) with the file and line."""
+    CorruptDataError (a ValueError) with the file and line. A ``user_file`` (``dl4 predict``'s stories) may leave
+    out answers (a line ending in '?' is a question; its answer is then "") and supporting ids, and its errors are
+    ``InputError``s."""
     questions: list[Question] = []
     story: list[list[str]] = []
     statement_of_line: dict[int, int] = {}  # line id -> index of the statement in the story
@@ -74,34 +80,42 @@ def parse_babi(path: Path) -> list[Question]:
         lines = path.read_bytes().decode("utf-8").split("\n")
     except UnicodeDecodeError as err:
         line = path.read_bytes()[:err.start].count(b"\n") + 1
-        raise _malformed(path, line, f"not UTF-8 text (byte {err.object[err.start]:#04x})") from None
+        raise _malformed(path, line, f"not UTF-8 text (byte {err.object[err.start]:#04x})", user_file) from None
     for number, line in enumerate(lines, 1):
         line = line.rstrip("\r")
         if not line.strip():
             continue
         head, _, rest = line.partition(" ")
         if not head.isdigit():
-            raise _malformed(path, number, f"expected '<id> <sentence>', got {line[:80]!r}")
+            raise _malformed(path, number, f"expected '<id> <sentence>', got {line[:80]!r}", user_file)
         line_id = int(head)
         if line_id == 1:
             story, statement_of_line = [], {}
         elif line_id != last_id + 1:
-            raise _malformed(path, number, f"line id {line_id} does not follow {last_id} (a story starts at 1)")
+            raise _malformed(path, number, f"line id {line_id} does not follow {last_id} (a story starts at 1)",
+                             user_file)
         last_id = line_id
+        if user_file and "\t" not in rest and rest.rstrip().endswith("?"):
+            rest = rest.rstrip() + "\t\t"  # a question without its answer
         if "\t" not in rest:
             story.append(tokenize(rest))
             statement_of_line[line_id] = len(story) - 1
             continue
         fields = rest.split("\t")
-        if len(fields) != 3 or not fields[1].strip():
+        if user_file:
+            fields = (fields + ["", ""])[:3]
+        if len(fields) != 3 or not (fields[1].strip() or user_file):
             raise _malformed(path, number, "a question line needs '<question>?<TAB><answer><TAB><supporting "
-                                           f"ids>', got {line[:80]!r}")
+                                           f"ids>', got {line[:80]!r}", user_file)
         try:
             supports = [statement_of_line[int(i)] for i in fields[2].split()]
         except (ValueError, KeyError):
             raise _malformed(path, number, f"supporting ids {fields[2]!r} must name earlier statements of "
-                                           "the story") from None
-        questions.append(Question(story, len(story), tokenize(fields[0]), fields[1].strip().lower(), supports))
+                                           "the story", user_file) from None
+        questions.append(Question(story, len(story), tokenize(fields[0]), fields[1].strip().lower(), supports,
+                                  number))
+    if user_file and not questions:
+        raise InputError(f"{path}: no questions in the file (a question is a line '<id> <question>?')")
     return questions
 
 
@@ -132,12 +146,15 @@ class BabiDataModule(L.LightningDataModule):
         vocabulary: ``tasks``: the words of the chosen tasks (train and test), as the authors' code builds it, so
             the answer's softmax ranges over those; ``all``: the words of all 20 tasks of the variant, the same
             word ids whatever the tasks.
+        predict_path: what ``dl4 predict`` answers: a file of stories in bAbI's format, answers optional. Its words
+            are read with the checkpoint's vocabulary, sentence length and memory size (an unknown word is left out
+            and named in that question's ``note``); bAbI itself is not read.
     """
 
     def __init__(self, data_dir: str | None = None, variant: Literal["en", "en-10k"] = "en",
                  tasks: int | list[int] | Literal["all"] = 1, memory_size: int = 50, batch_size: int = 32,
                  eval_batch_size: int = 1000, val_fraction: float = 0.1, seed: int = 0, download: bool = False,
-                 on_device: bool = True, vocabulary: Literal["tasks", "all"] = "tasks"):
+                 on_device: bool = True, vocabulary: Literal["tasks", "all"] = "tasks", predict_path: str | None = None):
         super().__init__()
         check_positive("data", batch_size=batch_size, eval_batch_size=eval_batch_size)
         task_list = list(range(1, 21)) if tasks == "all" else [tasks] if isinstance(tasks, int) else list(tasks)
@@ -159,11 +176,19 @@ class BabiDataModule(L.LightningDataModule):
         self.val_fraction, self.seed, self.download, self.on_device = val_fraction, seed, download, on_device
         self.vocabulary = vocabulary
         self.vocab: list[str] | None = None
+        self.predict_path, self.predict_questions, self.predict_names = predict_path, None, None
+        self.sentence_length = self.memory_slots = None
         self.train_set = self.val_set = self.test_set = self.statements = None
+
+    def own_inputs(self) -> bool:
+        """True when ``dl4 predict`` answers the user's stories: bAbI itself is not needed."""
+        return self.predict_path is not None and self.trainer is not None and self.trainer.predicting
 
     def prepare_data(self):
         """Downloads bAbI if asked, then checks the files this run reads against the published checksums, before
         the trainer starts a logger run."""
+        if self.own_inputs():
+            return
         if not self.folder.is_dir() and self.download:
             download_babi(Path(self.data_dir))  # as `dl4 data download babi`: every file verified
         self._files("train"), self._files("test")
@@ -203,6 +228,10 @@ class BabiDataModule(L.LightningDataModule):
         return [NIL, *sorted(words)]
 
     def setup(self, stage: str | None = None):
+        if self.own_inputs():  # read (and checked) now; made word ids once the checkpoint's vocabulary is restored
+            self.predict_questions = parse_babi(Path(self.predict_path), user_file=True)
+            self.predict_names = [f"line {q.line}: {' '.join(q.words)}?" for q in self.predict_questions]
+            return
         if self.test_set is not None:
             return
         train_files, test_files = self._files("train"), self._files("test")
@@ -278,8 +307,50 @@ class BabiDataModule(L.LightningDataModule):
         """Word ids (padded with 0) -> the words."""
         return " ".join(self.vocab[i] for i in ids.tolist() if i != 0)
 
+    def predict_dataloader(self):
+        """The user's questions as a batch of ``BabiBatch`` tensors, in the checkpoint's vocabulary and shapes
+        (restored by now); ``predict_info`` gives per question the answer the file gives and a ``note`` on what did
+        not fit (unknown words, long sentences), which the writer adds to its record."""
+        if self.predict_questions is None:
+            raise ConfigError("data.init_args.predict_path: give a file of stories to answer (bAbI's format)")
+        if self.sentence_length is None:
+            raise ConfigError("the checkpoint holds no bAbI vocabulary and shapes (saved by dl4 since issue 36): "
+                              "train it again to predict with it")
+        J, M, ids = self.sentence_length, self.memory_slots, {w: i for i, w in enumerate(self.vocab)}
+        self.word_id, self.predict_info = ids, []
+        rows, memories, queries, answers, n_memories = [[0] * J], [], [], [], []
+        for q in self.predict_questions:
+            unknown, long = set(), False
+
+            def encode(words):
+                nonlocal long
+                unknown.update(w for w in words if w not in ids)
+                long |= len(words) > J
+                return ([ids.get(w, 0) for w in words] + [0] * J)[:J]
+
+            kept = q.story[max(0, q.n_statements - M):q.n_statements][::-1]  # newest first, at most M
+            memories.append([len(rows) + i for i in range(len(kept))] + [0] * (M - len(kept)))
+            rows += [encode(sentence) for sentence in kept]
+            queries.append(encode(q.words))
+            answers.append(ids.get(q.answer, -2) if q.answer else -1)  # -1: no answer given, -2: an unknown one
+            n_memories.append(len(kept))
+            notes = ([f"not in the checkpoint's vocabulary, left out: {', '.join(sorted(unknown))}"] if unknown else [])
+            notes += [f"a sentence longer than the model's {J} words was cut"] if long else []
+            notes += [f"only the last {M} statements fit the memory"] if q.n_statements > M else []
+            notes += [f"the answer {q.answer!r} is not in the vocabulary: counted wrong"] if q.answer and \
+                q.answer not in ids else []
+            self.predict_info.append({**({"answer": q.answer} if q.answer else {}),
+                                      **({"note": "; ".join(notes)} if notes else {})})
+        self.statements = torch.tensor(rows)
+        n = len(memories)
+        dataset = TensorBatchDataset(torch.tensor(memories), torch.tensor(queries), torch.tensor(answers),
+                                     torch.tensor(n_memories), torch.full((n, 3), -1), torch.zeros(n, dtype=torch.long))
+        return tensor_loader(dataset, self.eval_batch_size, shuffle=False)
+
     def state_dict(self):
-        return {"vocab": self.vocab}
+        return {"vocab": self.vocab, "sentence_length": self.sentence_length, "memory_slots": self.memory_slots}
 
     def load_state_dict(self, state_dict):
         self.vocab = state_dict["vocab"]
+        self.sentence_length = state_dict.get("sentence_length", self.sentence_length)
+        self.memory_slots = state_dict.get("memory_slots", self.memory_slots)

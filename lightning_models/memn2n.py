@@ -18,6 +18,7 @@ from torchmetrics import MeanMetric, Metric
 
 from dl4.errors import ConfigError, check_fraction, check_positive
 from lightning_models.nn.memn2n import EndToEndMemoryNetwork, random_time_gaps
+from dl4.predictions import Predictions
 from lightning_models.optim import build_optimizer, trainable
 from lightning_models.schedules import HalvingLR
 from lightning_models.train_logging import log_train_metrics
@@ -88,7 +89,7 @@ class MemN2N(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule
-        if dm is None:
+        if dm is None or (stage == "predict" and self.net is not None):  # predict: the checkpoint's shapes
             return
         for key, value in (("vocab_size", dm.vocab_size), ("sentence_length", dm.sentence_length),
                            ("memory_size", dm.memory_slots)):
@@ -131,6 +132,23 @@ class MemN2N(L.LightningModule):
 
     def test_step(self, batch, batch_idx):
         self._evaluate(batch, self.test_error, "test")
+
+    def predict_step(self, batch, batch_idx):
+        """``dl4 predict``: each question's answer, its probability, and every hop's attention over the story's
+        sentences in memory (oldest first); right or wrong where the file gives the answer."""
+        logits, attention = self(batch)
+        probabilities = logits.float().softmax(-1)
+        p, predicted = probabilities.max(-1)
+        dm, records = self.trainer.datamodule, []
+        for b in range(len(logits)):
+            n, answer = int(batch.n_memories[b]), int(batch.answers[b])
+            records.append({
+                "story": [dm.sentence(batch.stories[b, slot]) for slot in reversed(range(n))],
+                "predicted": dm.vocab[int(predicted[b])], "probability": float(p[b]),
+                **({"correct": answer == int(predicted[b])} if answer != -1 else {}),  # -2: an unknown answer
+                "attention": [[round(float(attention[b, k, slot]), 4) for slot in reversed(range(n))]
+                              for k in range(attention.shape[1])]})
+        return Predictions(records, {"attention": attention.float()})
 
     def _log_errors(self, metric: PerTaskError, stage: str):
         errors = metric.compute()

@@ -19,6 +19,7 @@ from torchmetrics import Metric
 from dl4.errors import ConfigError, check_positive
 from dl4.internals import backend_compiler_failed
 from lightning_models.nn.ntm import MemoryInit, NeuralTuringMachine, StackedLSTM
+from dl4.predictions import Predictions
 from lightning_models.optim import optimizer_with_schedule, trainable
 from lightning_models.train_logging import log_train_metrics
 
@@ -161,6 +162,27 @@ class SequenceLearner(L.LightningModule):
 
     def on_test_epoch_end(self):
         self._log_costs("test")
+
+    def predict_step(self, batch, batch_idx):
+        """``dl4 predict``, one sequence a batch: the output sequence (bits, and the probabilities), its wrong bits
+        and cost against the target, and for the NTM the memory trace (raw arrays and Figure 6's picture)."""
+        from callbacks.pictures import trace_figure  # (drawing helpers; imported here, the callbacks import models)
+
+        inputs, targets = batch
+        logits, trace = self(inputs, record=True) if hasattr(self, "ntm") else (self(inputs), None)
+        nats, errors = sequence_cost(logits, targets)
+        probabilities = torch.sigmoid(logits[-targets.shape[0]:, 0]).float().cpu()
+        bits = ["".join(str(int(b)) for b in row) for row in (probabilities > 0.5).int().tolist()]
+        record = {"length": inputs.shape[0], "bit_errors": int(errors.item()), "bits_per_seq": nats.item() / LN2,
+                  "output": bits}
+        arrays = {"inputs": inputs[:, 0].cpu(), "targets": targets[:, 0].cpu(), "outputs": probabilities}
+        if trace is not None:
+            trace = {key: value[0].float().cpu() for key, value in trace.items()}  # (T, ...) of the one sequence
+            arrays.update(trace)
+        picture = trace_figure(inputs[:, 0].float().cpu(), targets[:, 0].float().cpu(),
+                               torch.sigmoid(logits[:, 0]).float().cpu(),
+                               trace)
+        return Predictions([record], {k: [v] for k, v in arrays.items()}, {"trace": [picture]})
 
     def configure_optimizers(self):
         return optimizer_with_schedule(trainable(self), self.optimizer, self.lr_scheduler)
