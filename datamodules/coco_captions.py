@@ -37,8 +37,9 @@ from torchvision.transforms import v2
 
 from dl4.data_root import DatasetNotFoundError, default_data_dir
 from datamodules.integrity import CorruptDataError
-from datamodules.tensors import EpochOrder
-from dl4.errors import ConfigError, check_positive
+from datamodules.tensors import EpochOrder, eval_sampler
+from datamodules.user_inputs import image_files, read_image, user_lines
+from dl4.errors import ConfigError, InputError, check_positive
 from dl4.text import decode
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
@@ -207,6 +208,12 @@ class CocoCaptionsDataModule(L.LightningDataModule):
         in_memory: decode every image once in ``setup`` and keep the uint8 tensors (small datasets).
         min_word_count: a training word seen fewer times is ``<unk>``.
         batch_size, eval_batch_size, num_workers: the loaders' (images are decoded in the workers).
+        predict_path: ``dl4 predict``'s images: a folder (or one image), preprocessed as the evaluation's are; each
+            gets its generated caption and its ``predict_top_k`` nearest training captions.
+        predict_sentences: a text file, one sentence a line: each gets its nearest images of ``predict_path``.
+        predict_queries: a text file of embedding arithmetic, one query a line: ``<image file> - word + word`` (any
+            number of terms; the image is one of ``predict_path``'s): each gets its nearest images there.
+        predict_top_k: how many captions or images each gets.
     """
 
     def __init__(self, root: str = "coco", train_split: str = "train2017", val_split: str = "val2017",
@@ -214,10 +221,14 @@ class CocoCaptionsDataModule(L.LightningDataModule):
                  image_size: int = 224, resize: int | None = None, random_crop: bool = True, flip: bool = False,
                  normalize: bool = True,
                  in_memory: bool = False, min_word_count: int = 4, batch_size: int = 128, eval_batch_size: int = 128,
-                 num_workers: int = 2, data_dir: str | None = None):
+                 num_workers: int = 2, data_dir: str | None = None, predict_path: str | None = None,
+                 predict_sentences: str | None = None, predict_queries: str | None = None, predict_top_k: int = 5):
         super().__init__()
         check_positive("data", image_size=image_size, batch_size=batch_size, eval_batch_size=eval_batch_size,
-                       min_word_count=min_word_count, resize=resize)
+                       min_word_count=min_word_count, resize=resize, predict_top_k=predict_top_k)
+        if (predict_queries or predict_sentences) and not predict_path:
+            raise ConfigError(f"data.predict_{'queries' if predict_queries else 'sentences'}: give data.predict_path "
+                              "too, the folder of images they retrieve from")
         if num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
         if in_memory and (random_crop or flip):
@@ -237,6 +248,9 @@ class CocoCaptionsDataModule(L.LightningDataModule):
         self.data: dict[str, CaptionSplit] = {}
         self.datasets: dict[str, CaptionedImages] = {}
         self._coco: dict = {}
+        self.predict_path, self.predict_sentences, self.predict_queries = predict_path, predict_sentences, predict_queries
+        self.predict_top_k = predict_top_k
+        self.predict_names = self.predict_info = self.predict_images = None
 
     # reading
     def coco(self, split: str):
@@ -270,10 +284,75 @@ class CocoCaptionsDataModule(L.LightningDataModule):
         return merged
 
     def prepare_data(self):
-        for split in ("train", "val", "test"):
+        for split in ("train",) if self.own_inputs() else ("train", "val", "test"):
             self.read_split(split)  # says what is missing before any run is created
 
+    def own_inputs(self) -> bool:
+        """True when ``dl4 predict`` runs on the user's images and sentences: only the training captions are read."""
+        return bool(self.predict_path or self.predict_sentences) and self.trainer is not None and \
+            self.trainer.predicting
+
+    def read_predict_inputs(self) -> None:
+        """The user's images (uint8, cropped as the evaluation's), sentences and queries, checked."""
+        self.predict_names, self.predict_items = [], []
+        files = []
+        if self.predict_path:
+            files = image_files(self.predict_path)
+            resize = self.resize or round(self.image_size * 8 / 7)
+            crop = v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(self.image_size)])
+            self.predict_images = torch.stack([crop(read_image(f, ImageReadMode.RGB)) for f in files])
+            self.predict_names += [f.name for f in files]
+            self.predict_items += [{"kind": "image", "image": i} for i in range(len(files))]
+        for number, line in user_lines(self.predict_sentences):
+            self.predict_names.append(line)
+            self.predict_items.append({"kind": "sentence", "words": tokenize(line)})
+        index = {f.name: i for i, f in enumerate(files)}
+        for number, line in user_lines(self.predict_queries):
+            terms = re.findall(r"([+-])\s*([^\s+-]+)", line.split(None, 1)[1] if " " in line else "")
+            image = line.split(None, 1)[0]
+            if image not in index or not terms:
+                why = f"{image} is not an image of {self.predict_path}" if image not in index else "no '- word' or '+ word'"
+                raise InputError(f"{self.predict_queries}, line {number}: {why}; write '<image file> - word + word'")
+            self.predict_names.append(line)
+            self.predict_items.append({"kind": "query", "image": index[image],
+                                       "minus": [w.lower() for sign, w in terms if sign == "-"],
+                                       "plus": [w.lower() for sign, w in terms if sign == "+"]})
+
+    def predict_pool(self, device) -> dict:
+        """What the answers are chosen from: the folder's images (as a batch step gets them), and every distinct
+        training caption (tokens, lengths, text)."""
+        images = None
+        if self.predict_images is not None:
+            images = self.on_after_batch_transfer({"images": self.predict_images.to(device)}, 0)["images"]
+        texts = sorted({" ".join(c) for cs in self.data["train"].captions for c in cs})
+        encoded = [torch.tensor(self.vocabulary.encode(t.split())) for t in texts]
+        return {"images": images, "texts": texts, "tokens": torch.nn.utils.rnn.pad_sequence(encoded, batch_first=True),
+                "lengths": torch.tensor([len(c) for c in encoded])}
+
+    def predict_dataloader(self):
+        """One input a batch, its words as ids of the model's vocabulary (restored by now); ``predict_info`` notes
+        the words that vocabulary lacks (read as ``<unk>``; a query with one is not answered)."""
+        self.predict_info = []
+        for item in self.predict_items:
+            words = item.get("words", []) + item.get("minus", []) + item.get("plus", [])
+            unknown = sorted({w for w in words if w not in self.vocabulary.index})
+            note = {}
+            if unknown:
+                note = {"note": f"not in the model's vocabulary: {', '.join(unknown)} (" +
+                        ("not answered)" if item["kind"] == "query" else "read as <unk>)")}
+            self.predict_info.append(note)
+            if item["kind"] == "sentence":
+                item["tokens"] = torch.tensor(self.vocabulary.encode(item["words"]))
+        return DataLoader(self.predict_items, batch_size=1, sampler=eval_sampler(self.predict_items),
+                          collate_fn=lambda items: items[0])
+
     def setup(self, stage: str | None = None):
+        if self.own_inputs():
+            self.data["train"] = self.data.get("train") or self.read_split("train")
+            if self.vocabulary is None:  # the model's own replaces it (VSE.setup)
+                self.vocabulary = Vocabulary.build([c for cs in self.data["train"].captions for c in cs],
+                                                   self.min_word_count)
+            return self.read_predict_inputs()
         for split in ("train", "val", "test"):
             if split not in self.data:
                 self.data[split] = self.read_split(split)
@@ -334,8 +413,8 @@ class CocoCaptionsDataModule(L.LightningDataModule):
         return self.loader("test", shuffle=False)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        images = batch["images"]
-        if images.dtype == torch.uint8:
+        images = batch.get("images")
+        if images is not None and images.dtype == torch.uint8:
             images = images.float() / 255
             if self.normalize:
                 mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)

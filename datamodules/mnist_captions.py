@@ -184,12 +184,15 @@ class MNISTCaptionsDataModule(CocoCaptionsDataModule):
 
     def __init__(self, root: str | None = None, data_dir: str | None = None, seed: int = 0, train_size: int = 20000,
                  val_size: int = 1000, test_size: int = 1000, batch_size: int = 128, eval_batch_size: int = 500,
-                 min_word_count: int = 1, num_workers: int = 0):
+                 min_word_count: int = 1, num_workers: int = 0, predict_path: str | None = None,
+                 predict_sentences: str | None = None, predict_queries: str | None = None, predict_top_k: int = 5):
         data_dir = data_dir or default_data_dir()
         super().__init__(root or str(Path(data_dir) / "mnist_captions"), train_split="train", val_split="val",
                          test_split="test", image_size=SIZE, resize=SIZE, random_crop=False, normalize=False,
                          min_word_count=min_word_count, batch_size=batch_size, eval_batch_size=eval_batch_size,
-                         num_workers=num_workers, in_memory=True)
+                         num_workers=num_workers, in_memory=True, predict_path=predict_path,
+                         predict_sentences=predict_sentences, predict_queries=predict_queries,
+                         predict_top_k=predict_top_k)
         self.mnist_dir, self.seed = data_dir, seed
         self.sizes = {"train": train_size, "val": val_size, "test": test_size}
 

@@ -68,6 +68,23 @@ def digit_images(path: str | Path, size: int) -> tuple[list[str], torch.Tensor]:
     return [f.name for f in files], torch.stack([as_digit(read_image(f, ImageReadMode.GRAY), size) for f in files])
 
 
+def user_lines(path: str | Path | None) -> list[tuple[int, str]]:
+    """The non-empty lines of a text file of the user's (sentences, queries) with their numbers; none for None."""
+    if path is None:
+        return []
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file; give a text file, one sentence (or query) a line")
+    try:
+        lines = [(n, line.strip()) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+                 if line.strip()]
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not UTF-8 text; save it as UTF-8, one sentence a line") from None
+    if not lines:
+        raise InputError(f"{path}: the file has no lines to read")
+    return lines
+
+
 def read_bit_sequences(path: str | Path, width: int) -> tuple[list[str], list[torch.Tensor]]:
     """The sequences of a bit file: names ``<file>:<first line>`` and (L, width) float tensors."""
     path = Path(path)

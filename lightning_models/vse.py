@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
+from dl4.predictions import Predictions
 from lightning_models.checkpoints import ConfiguredNetworks
 from dl4.errors import ConfigError, check_positive
 from lightning_models.optim import optimizer_with_schedule, trainable
@@ -315,6 +316,46 @@ class VSE(ConfiguredNetworks):
         if hasattr(dm, "caption_accuracy"):
             out[f"{stage}/caption_accuracy"] = 100 * dm.caption_accuracy(stage, image_ids, captions)
         return out
+
+    # dl4 predict
+    @torch.no_grad()
+    def on_predict_start(self):
+        """The pools the answers come from (``data.predict_pool``): the folder's images and the distinct training
+        captions, embedded once."""
+        pool = self.trainer.datamodule.predict_pool(self.device)
+        v = torch.cat([self.embed_captions(t.to(self.device), n.to(self.device))
+                       for t, n in zip(pool["tokens"].split(1000), pool["lengths"].split(1000))])
+        x = None if pool["images"] is None else torch.cat([self.embed_images(b) for b in pool["images"].split(256)])
+        self._pool = {"x": x, "images": pool["images"], "v": v, "texts": pool["texts"],
+                      "names": self.trainer.datamodule.predict_names}
+
+    def predict_step(self, batch, batch_idx):
+        """``dl4 predict``, one input a batch: an image gets its generated caption and its nearest training
+        captions; a sentence its nearest images of the folder; a query ``image - word + word`` (Figure 4) too."""
+        pool, k = self._pool, self.trainer.datamodule.predict_top_k
+        kind, record = batch["kind"], {"kind": batch["kind"]}
+
+        def nearest(scores, names):
+            top = scores.topk(min(k, len(names)))
+            return [[names[i], round(s, 4)] for s, i in zip(top.values.tolist(), top.indices.tolist())]
+
+        if kind == "image":
+            image = pool["images"][batch["image"]][None]
+            if self.decoder is not None:
+                record["caption"] = self.caption(image)[0]
+            record["top_captions"] = nearest(pool["v"] @ pool["x"][batch["image"]], pool["texts"])
+            return Predictions([record], pictures={"image": [self.trainer.datamodule.predict_images[batch["image"]]]})
+        elif kind == "sentence":
+            v = self.embed_captions(batch["tokens"][None], torch.tensor([len(batch["tokens"])], device=self.device))
+            record["top_images"] = nearest(pool["x"] @ v[0], pool["names"])
+        elif kind == "query" and all(w in self.vocabulary for w in batch["minus"] + batch["plus"]):
+            image = pool["images"][batch["image"]][None]
+            target = F.normalize(self.embed_images(image) - self.embed_words(batch["minus"]).sum(0) +
+                                 self.embed_words(batch["plus"]).sum(0), dim=-1)
+            scores = pool["x"] @ target[0]
+            scores[batch["image"]] = float("-inf")  # the query image itself is not an answer
+            record["top_images"] = nearest(scores, pool["names"])
+        return Predictions([record])
 
     def configure_optimizers(self):  # after setup: the vocabulary-sized W_T and output layer are in it
         return optimizer_with_schedule(trainable(self), self.optimizer, self.lr_scheduler)
