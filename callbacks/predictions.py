@@ -53,12 +53,14 @@ class PredictionWriter(BasePredictionWriter):
 
     Args:
         output_dir: the folder; default the run's (see the module's docstring).
-        grid_size: pictures in ``grid.png``.
+        grid_size: pictures in each ``<kind>_grid.png``.
+        max_pictures: inputs whose pictures are written (the first ones; the whole MNIST test set would be 10,000
+            files): their arrays and records are all written.
     """
 
-    def __init__(self, output_dir: str | None = None, grid_size: int = 64):
+    def __init__(self, output_dir: str | None = None, grid_size: int = 64, max_pictures: int = 1000):
         super().__init__(write_interval="batch")
-        self.output_dir, self.grid_size = output_dir, grid_size
+        self.output_dir, self.grid_size, self.max_pictures = output_dir, grid_size, max_pictures
         self.folder: Path | None = None
         self.rows: list[tuple[int, dict, dict, torch.Tensor | None]] = []
 
@@ -96,7 +98,8 @@ class PredictionWriter(BasePredictionWriter):
         folder.mkdir(parents=True, exist_ok=True)
         records, pictures = [], {}
         digits = max(4, len(str(len(rows))))
-        for index, record, _, drawn in rows:
+        for n, (index, record, _, drawn) in enumerate(rows):
+            drawn = drawn if n < self.max_pictures else {}
             record = {"index": index, "input": names[index] if names else str(index),
                       **(info[index] if info else {}), **record}
             for kind, picture in drawn.items():
