@@ -29,7 +29,8 @@ commands:
   fit        train a model: dl4 fit --config configs/<experiment>.yaml [--trainer.max_epochs=N ...]
   validate   evaluate a checkpoint on the validation set: --config ... --ckpt_path <file or last>
   test       evaluate a checkpoint on the test set: --config ... --ckpt_path <file or last>
-  predict    run a checkpoint over the data and write its outputs: --config ... --ckpt_path ...
+  predict    apply a checkpoint to your own inputs (or the test set) and write the answers, pictures and a W&B
+             table: --config ... --ckpt_path ... --data.init_args.predict_path=<images, stories, bits> (docs/predict.md)
   sweep      a W&B sweep without W&B's server: dl4 sweep sweeps/<experiment>.yaml --count 20
   data       fetch and verify the datasets: dl4 data download [mnist babi ...], dl4 data list
 
