@@ -414,3 +414,31 @@ def test_bad_inputs_are_one_line_before_any_output(mnist_root, babi_root, tmp_pa
         last = out.stderr.strip().splitlines()[-1]
         assert out.returncode == status and last.startswith("dl4: error: ") and message in last, (path, out.stderr)
         assert "Traceback" not in out.stderr and not (tmp_path / "out" / "predictions").exists(), path
+
+
+def test_predictions_reach_wandb_as_a_table_with_their_pictures(mnist_root, tmp_path, monkeypatch, capfd):
+    """With the config's W&B logger (offline): the folder is the W&B run's, as a fit run's checkpoints are
+    (``runs/dl4/<run id>/predictions``), and the run holds the table ``predictions``, one row per input in order,
+    the reconstructions as images."""
+    from dl4.wandb_records import artifacts, history
+
+    ckpt = Runner("ae_mnist.yaml", tmp_path, monkeypatch, capfd, mnist_root).fit(
+        "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1")
+    names = write_paper_digits(tmp_path / "mine", mnist_test_digits(mnist_root, 5)[0])
+    out = dl4("predict", "--config", CONFIGS / "ae_mnist.yaml", "--trainer.enable_progress_bar=false", "--ckpt_path",
+              ckpt, "--data.init_args.predict_path=mine", cwd=tmp_path, data_root=mnist_root)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (run_dir,) = (tmp_path / "runs" / "wandb").glob("offline-run-*")
+    run_id = run_dir.name.rsplit("-", 1)[1]
+    folder = tmp_path / "runs" / "dl4" / run_id / "predictions"
+    assert f"Predictions: runs/dl4/{run_id}/predictions" in out.stdout and (folder / "predictions.jsonl").is_file()
+    logged = {k: v for row in history(run_dir) for k, v in row.items()}
+    assert logged["predictions/_type"] == "table-file" and logged["predictions/nrows"] == 5
+    (table,) = [a for a in artifacts(run_dir) if a.type == "run_table" and "predictions" in a.name]
+    files = {c.path: c.local_path for c in table.manifest.contents}
+    assert sum(p.endswith(".png") for p in files) == 5
+    data = json.loads(Path(next(v for k, v in files.items() if k.endswith(".table.json"))).read_text())
+    columns = data["columns"]
+    assert columns[:2] == ["index", "input"] and "recon_error" in columns and "reconstruction" in columns
+    assert [row[1] for row in data["data"]] == names
+    assert all(row[columns.index("reconstruction")]["_type"] == "image-file" for row in data["data"])
