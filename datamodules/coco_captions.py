@@ -296,6 +296,9 @@ class CocoCaptionsDataModule(L.LightningDataModule):
         """The user's images (uint8, cropped as the evaluation's), sentences and queries, checked."""
         self.predict_names, self.predict_items = [], []
         files = []
+        if self.predict_path and self.features:
+            raise ConfigError("data.predict_path: this model reads precomputed features (data.features), not images; "
+                              "predict with a model trained on images (an image_encoder such as TorchvisionEncoder)")
         if self.predict_path:
             files = image_files(self.predict_path)
             resize = self.resize or round(self.image_size * 8 / 7)

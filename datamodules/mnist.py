@@ -14,7 +14,7 @@ from torchvision.datasets import MNIST
 
 from dl4.data_root import DatasetNotFoundError, default_data_dir
 from datamodules.integrity import verify_idx, verify_labels, verify_published
-from datamodules.user_inputs import digit_images
+from datamodules.user_inputs import digit_images, noise_seed_inputs
 from dl4.predictions import NoiseSeeds
 from datamodules.tensors import TensorBatchDataset, first_examples, tensor_loader
 from dl4.errors import ConfigError, check_positive
@@ -114,9 +114,7 @@ class MNISTDataModule(L.LightningDataModule):
             if not callable(getattr(model, "sample", None)):
                 raise ConfigError(f"data.predict_samples: a {type(model).__name__} has no prior to sample from; give "
                                   "data.predict_path (images) instead, or use a generative model (VAE, GAN)")
-            first = self.predict_seed * 1_000_000
-            self.predict_names = [f"sample {i} of seed {self.predict_seed}" for i in range(self.predict_samples)]
-            self.predict_set = TensorBatchDataset(torch.arange(first, first + self.predict_samples))
+            self.predict_names, self.predict_set = noise_seed_inputs(self.predict_samples, self.predict_seed)
             return
         self.predict_names, x = digit_images(self.predict_path, self.image_size)
         self.predict_set = TensorBatchDataset(x, torch.full((len(x),), -1))

@@ -7,6 +7,8 @@ import lightning as L
 import torch
 
 from datamodules.tensors import TensorBatchDataset, first_examples, tensor_loader
+from datamodules.user_inputs import noise_seed_inputs
+from dl4.predictions import NoiseSeeds
 from dl4.errors import ConfigError, check_positive
 
 
@@ -20,11 +22,14 @@ class Toy1DDataModule(L.LightningDataModule):
             test draw leaves the other two as they were).
         batch_size: training batch size.
         seed: seeds the draw.
+        predict_samples, predict_seed: what ``dl4 predict`` asks the GAN for: this many samples, sample i drawn from
+            the noise of seed ``predict_seed * 1000000 + i``. Without them it scores the test examples (D(x)).
     """
 
     def __init__(self, means: Sequence[float] = (2.0,), stds: Sequence[float] = (0.5,),
                  weights: Sequence[float] | None = None, num_train: int = 20000, num_val: int = 2000,
-                 num_test: int = 2000, batch_size: int = 128, seed: int = 0):
+                 num_test: int = 2000, batch_size: int = 128, seed: int = 0, predict_samples: int = 0,
+                 predict_seed: int = 0):
         super().__init__()
         check_positive("data", stds=list(stds), num_train=num_train, num_val=num_val, num_test=num_test,
                        batch_size=batch_size, weights=None if weights is None else list(weights))
@@ -35,6 +40,7 @@ class Toy1DDataModule(L.LightningDataModule):
         self.weights = w / w.sum()
         self.num_train, self.num_val, self.num_test = num_train, num_val, num_test
         self.batch_size, self.seed = batch_size, seed
+        self.predict_samples, self.predict_seed, self.predict_names = predict_samples, predict_seed, None
         self.train_set = self.val_set = self.test_set = None
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -65,3 +71,15 @@ class Toy1DDataModule(L.LightningDataModule):
 
     def test_dataloader(self):
         return tensor_loader(self.test_set, self.num_test, shuffle=False)
+
+    def predict_dataloader(self):
+        if not self.predict_samples:
+            self.predict_names = [f"test example {i}" for i in range(self.num_test)]
+            return self.test_dataloader()
+        self.predict_names, seeds = noise_seed_inputs(self.predict_samples, self.predict_seed)
+        return tensor_loader(seeds, self.num_test, shuffle=False)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.predict_samples and self.trainer is not None and self.trainer.predicting:
+            return NoiseSeeds(batch[0])
+        return batch

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.io import ImageReadMode, decode_image
 
+from datamodules.tensors import TensorBatchDataset
 from dl4.errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp")
@@ -66,6 +67,13 @@ def digit_images(path: str | Path, size: int) -> tuple[list[str], torch.Tensor]:
     """The names and (N, 1, size, size) uint8 digits of a predict path (see ``as_digit``)."""
     files = image_files(path)
     return [f.name for f in files], torch.stack([as_digit(read_image(f, ImageReadMode.GRAY), size) for f in files])
+
+
+def noise_seed_inputs(count: int, seed: int) -> tuple[list[str], TensorBatchDataset]:
+    """``predict_samples``' inputs: sample i is drawn from the noise of seed ``seed * 1000000 + i`` (a seed always
+    gives the same samples, whatever the batch or the device); names and the dataset of those seeds."""
+    first = seed * 1_000_000
+    return [f"sample {i} of seed {seed}" for i in range(count)], TensorBatchDataset(torch.arange(first, first + count))
 
 
 def user_lines(path: str | Path | None) -> list[tuple[int, str]]:

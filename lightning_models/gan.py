@@ -227,17 +227,20 @@ class GAN(ConfiguredNetworks):
         the next seed's, decoded at ``interpolation_steps`` points (so consecutive samples' strips join up); for
         images, D's probability that each is real."""
         if not isinstance(batch, NoiseSeeds):
-            x, labels = batch
+            x, *labels = batch  # (the 1-D toy data has no labels)
+            labels = labels[0].tolist() if labels else [-1] * len(x)
             p_real = torch.sigmoid(self.discriminator(x)).flatten().tolist()
-            return Predictions([{"p_real": p, **({"label": y} if y >= 0 else {})} for p, y in
-                                zip(p_real, labels.tolist())])
+            return Predictions([{"p_real": p, **({"label": y} if y >= 0 else {})} for p, y in zip(p_real, labels)])
         z = seeded_noise(batch.seeds, lambda g: self.noise(1, g))
         z_next = seeded_noise(batch.seeds + 1, lambda g: self.noise(1, g))
         t = torch.linspace(0, 1, interpolation_steps, device=z.device)[None, :, None]
         path = (1 - t) * z[:, None] + t * z_next[:, None]  # (B, steps, noise_dim)
         frames = self.generator(path.flatten(0, 1)).unflatten(0, path.shape[:2])  # (B, steps, C, H, W)
-        return Predictions([{"seed": s} for s in batch.seeds.tolist()],
-                           {"sample": frames[:, 0], "z": z, "interpolation": frames},
+        arrays = {"sample": frames[:, 0], "z": z, "interpolation": frames}
+        if frames.dim() != 5:  # not images (the 1-D GAN): the values themselves
+            return Predictions([{"seed": s, "x": x} for s, x in zip(batch.seeds.tolist(), frames[:, 0].tolist())],
+                               arrays)
+        return Predictions([{"seed": s} for s in batch.seeds.tolist()], arrays,
                            {"sample": frames[:, 0], "interpolation": torch.cat(frames.unbind(1), dim=-1)})
 
     def configure_optimizers(self):

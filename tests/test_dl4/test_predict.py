@@ -136,6 +136,8 @@ def test_an_autoencoder_predicts_the_test_set_as_dl4_test_scores_it(mnist_root, 
 
 def test_gan_samples_by_seed_interpolate_to_the_next_sample_and_d_scores_images(mnist_root, tmp_path, monkeypatch,
                                                                                 capfd):
+    """Sample i of a seed is G of that seed's noise: the same seed, the same samples; another, others. Each
+    interpolation strip starts at its sample and ends at the next one. Given images, D says how real each looks."""
     run = Runner("gan_mnist.yaml", tmp_path, monkeypatch, capfd, mnist_root)
     ckpt = run.fit("--trainer.max_epochs=1", "--trainer.limit_train_batches=20", "--trainer.limit_val_batches=0")
     records, arrays, folder = run.predict(ckpt, "--data.init_args.predict_samples=5", "--data.init_args.predict_seed=7")
@@ -149,6 +151,11 @@ def test_gan_samples_by_seed_interpolate_to_the_next_sample_and_d_scores_images(
     write_paper_digits(tmp_path / "mine", mnist_test_digits(mnist_root, 3)[0])
     records, _, _ = run.predict(ckpt, "--data.init_args.predict_path=mine")
     assert len(records) == 3 and all(0 < r["p_real"] < 1 for r in records)
+    (tmp_path / "1d").mkdir()  # the 1-D GAN's samples are numbers, in the records
+    run = Runner("gan_1d.yaml", tmp_path / "1d", monkeypatch, capfd, None)
+    ckpt = run.fit("--trainer.max_epochs=1", "--trainer.limit_train_batches=5", "--trainer.limit_val_batches=1")
+    records, arrays, _ = run.predict(ckpt, "--data.init_args.predict_samples=3")
+    assert [r["x"] for r in records] == arrays["sample"].tolist() and arrays["sample"].shape == (3, 1)
 
 
 STORY = """1 Mary moved to the bathroom.
