@@ -1,9 +1,10 @@
 """What ``dl4 predict`` writes: one folder per predict run, through Lightning's ``BasePredictionWriter``.
 
-A model's ``predict_step`` returns ``Predictions`` for its batch: one record (a JSON-able dict) per input, arrays
-per input (reconstructions, codes, a memory trace) and optionally a picture per input. Lightning gives the writer
-each batch's dataset indices; the writer keeps the rows, gathers them from every process at the end (under DDP each
-process predicts its own share once, ``UnrepeatedDistributedSampler``), and rank zero writes, in input order:
+A model's ``predict_step`` returns ``Predictions`` (``dl4/predictions.py``) for its batch: one record (a JSON-able
+dict) per input, arrays per input (reconstructions, codes, a memory trace) and pictures per input, if any.
+Lightning gives the writer each batch's dataset indices; the writer keeps the rows, gathers them from every process
+at the end (under DDP each process predicts its own share once, ``UnrepeatedDistributedSampler``), and rank zero
+writes, in input order:
 
     predictions.jsonl   one line per input: its index, its name (the file, the sentence) and the record
     arrays.pt           {"index": ..., "input": names, key: the arrays, stacked when they have one shape}
@@ -62,7 +63,7 @@ class PredictionWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         self.output_dir, self.grid_size, self.max_pictures = output_dir, grid_size, max_pictures
         self.folder: Path | None = None
-        self.rows: list[tuple[int, dict, dict, torch.Tensor | None]] = []
+        self.rows: list[tuple[int, dict, dict, dict]] = []  # (index, record, arrays, pictures) per input
 
     def on_predict_start(self, trainer, pl_module):
         # after the inputs were read and checked (the datamodule's setup and predict_dataloader): a bad input has
@@ -73,7 +74,7 @@ class PredictionWriter(BasePredictionWriter):
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         if not isinstance(prediction, Predictions):
-            raise TypeError(f"{type(pl_module).__name__}.predict_step must return callbacks.predictions.Predictions "
+            raise TypeError(f"{type(pl_module).__name__}.predict_step must return dl4.predictions.Predictions "
                             f"for dl4 predict's writer, got {type(prediction).__name__}")
         pictures = prediction.pictures
         for i, index in enumerate(batch_indices):

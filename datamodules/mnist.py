@@ -108,7 +108,8 @@ class MNISTDataModule(L.LightningDataModule):
             self.trainer.predicting
 
     def read_predict_inputs(self) -> None:
-        """The user's images (uint8, like MNIST's; label -1), or the noise seeds of the samples asked for."""
+        """The user's images (uint8, like MNIST's, binarised as the test set is when ``binarize`` is set; label -1),
+        or the noise seeds of the samples asked for."""
         if self.predict_samples:
             model = self.trainer.lightning_module
             if not callable(getattr(model, "sample", None)):
@@ -117,6 +118,8 @@ class MNISTDataModule(L.LightningDataModule):
             self.predict_names, self.predict_set = noise_seed_inputs(self.predict_samples, self.predict_seed)
             return
         self.predict_names, x = digit_images(self.predict_path, self.image_size)
+        if self.binarize != "none":  # as the test images are: once, from the seed
+            x = self._binarize(x, torch.Generator().manual_seed(self.seed))
         self.predict_set = TensorBatchDataset(x, torch.full((len(x),), -1))
 
     def prepare_data(self):

@@ -99,7 +99,7 @@ class Autoencoder(ConfiguredNetworks):
         x_hat = torch.sigmoid(logits)
         errors = reconstruction_error(logits, x, self.hparams.loss).tolist()
         records = [{"recon_error": e, **({"label": y} if y >= 0 else {})} for e, y in zip(errors, labels.tolist())]
-        return Predictions(records, {"reconstruction": x_hat, "code": h},
+        return Predictions(records, {"input": x, "reconstruction": x_hat, "code": h},
                            {"reconstruction": torch.cat([x, x_hat], dim=-1)})  # the input, then its reconstruction
 
     def configure_optimizers(self):

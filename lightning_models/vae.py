@@ -124,7 +124,7 @@ class VAE(ConfiguredNetworks):
                                          self.hparams.likelihood, self.iw_rows).tolist()
         records = [{"neg_elbo": e, f"iw_nll_k{self.iw_samples}": n, **({"label": y} if y >= 0 else {})}
                    for e, n, y in zip(neg_elbo, iw_nll, labels.tolist())]
-        return Predictions(records, {"reconstruction": x_hat, "code": mu},
+        return Predictions(records, {"input": x, "reconstruction": x_hat, "code": mu},
                            {"reconstruction": torch.cat([x, x_hat], dim=-1)})
 
     def configure_optimizers(self):

@@ -3,6 +3,7 @@ answers are checked against what the inputs are (and against a trivial model on 
 files exist. The DDP run and the bad inputs through the console script are in the full tier."""
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from torchvision.datasets import MNIST
 from torchvision.utils import save_image
 
 from conftest import CONFIGS, dl4, dl4_here
+from datamodules.mnist import load_mnist
 from datamodules.user_inputs import digit_images
 
 QUIET = ["--trainer.logger=false", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
@@ -80,35 +82,39 @@ def test_user_images_are_read_as_mnist_draws_its_digits(mnist_root, tmp_path):
 
 
 def test_vae_reconstructs_the_users_digits_and_samples_by_seed(mnist_root, tmp_path, monkeypatch, capfd):
-    """Eight test digits, drawn as dark ink on 56 x 56 paper. The VAE after one epoch (550 steps of batch 100, about
-    10 s) scores each (-ELBO and the IW-NLL, lower on average), and beats the trivial model, the mean training
-    image, on both: its reconstructions' squared error, and its IW-NLL against the mean image's Bernoulli NLL.
-    Measured, seeds 0 / 1 / 2 (``--seed_everything``): error 0.75 / 0.74 / 0.62 of the mean image's, NLL 0.87 /
-    0.87 / 0.82 of it. Bars: 0.85 and 0.93. Samples are the same for a seed and differ across seeds."""
+    """Eight test digits, drawn as dark ink on 56 x 56 paper, read as MNIST's and binarised as the test set is. The
+    VAE after one epoch (550 steps of batch 100, about 10 s) scores each (-ELBO and the IW-NLL, lower on average) and
+    beats the trivial model, the mean training image, on both: the squared error of its reconstruction E[x|z]
+    against the digit's grey levels, and its IW-NLL of the binarised digit against the mean image's Bernoulli NLL.
+    Measured, seeds 0 / 1 / 2 (``VAE_SEED=S``): error 0.76 / 0.74 / 0.62 of the mean image's, NLL 0.89 / 0.89 /
+    0.84 of it. Bars: 0.85 and 0.93. Samples are the same for a seed and differ across seeds."""
     run = Runner("vae_mnist.yaml", tmp_path, monkeypatch, capfd, mnist_root)
-    ckpt = run.fit("--trainer.max_epochs=1", "--trainer.limit_val_batches=1")
+    ckpt = run.fit("--trainer.max_epochs=1", "--trainer.limit_val_batches=1",
+                   f"--seed_everything={os.environ.get('VAE_SEED', 0)}")
     digits, labels = mnist_test_digits(mnist_root, 8)
     names = write_paper_digits(tmp_path / "mine", digits)
     records, arrays, folder = run.predict(ckpt, "--data.init_args.predict_path=mine", "--model.init_args.iw_samples=64")
     assert [r["input"] for r in records] == names and [r["index"] for r in records] == list(range(8))
-    assert all((folder / r["reconstruction"]).is_file() for r in records) and (folder / "reconstruction_grid.png").is_file()
+    assert all((folder / r["reconstruction"]).is_file() for r in records)
+    assert (folder / "reconstruction_grid.png").is_file()
     assert arrays["reconstruction"].shape == (8, 1, 28, 28) and arrays["code"].shape == (8, 50)
     elbo = torch.tensor([r["neg_elbo"] for r in records])
     iw = torch.tensor([r["iw_nll_k64"] for r in records])
     assert iw.mean() < elbo.mean(), (iw, elbo)
-    x = digit_images(tmp_path / "mine", 28)[1].float() / 255
-    from datamodules.mnist import load_mnist
-
+    x = arrays["input"]  # binarised, as the test set is (vae_mnist binarises)
+    grey = digit_images(tmp_path / "mine", 28)[1].float() / 255  # E[x|z] is scored against the intensities
+    assert set(x.unique().tolist()) == {0.0, 1.0} and (x - grey).abs().mean() < 0.1
     mean_image = load_mnist(str(mnist_root), True, download=False)[0].float().mean(0) / 255
-    error = ((arrays["reconstruction"] - x) ** 2).flatten(1).sum(1)
-    trivial = ((mean_image - x) ** 2).flatten(1).sum(1)
-    assert error.mean() < 0.85 * trivial.mean(), (error, trivial)
+    error = ((arrays["reconstruction"] - grey) ** 2).flatten(1).sum(1)
+    trivial = ((mean_image - grey) ** 2).flatten(1).sum(1)
     p = mean_image.clamp(1e-3, 1 - 1e-3).expand_as(x)
     trivial_nll = torch.nn.functional.binary_cross_entropy(p, x, reduction="none").flatten(1).sum(1)
+    assert error.mean() < 0.85 * trivial.mean(), (error, trivial)
     assert iw.mean() < 0.93 * trivial_nll.mean(), (iw, trivial_nll)
 
     def samples(seed):
-        records, arrays, _ = run.predict(ckpt, "--data.init_args.predict_samples=6", f"--data.init_args.predict_seed={seed}")
+        records, arrays, _ = run.predict(ckpt, "--data.init_args.predict_samples=6",
+                                         f"--data.init_args.predict_seed={seed}")
         assert [r["input"] for r in records] == [f"sample {i} of seed {seed}" for i in range(6)]
         return arrays["sample"]
 
@@ -213,7 +219,8 @@ def distort_on_canvas(digits: torch.Tensor, canvas: int, seed: int) -> torch.Ten
     pad = (canvas - 28) // 2
     out = []
     for digit in digits:
-        angle, scale = float(torch.empty(1).uniform_(-45, 45, generator=g)), float(torch.empty(1).uniform_(0.7, 1.2, generator=g))
+        angle = float(torch.empty(1).uniform_(-45, 45, generator=g))
+        scale = float(torch.empty(1).uniform_(0.7, 1.2, generator=g))
         dx, dy = (int(v) for v in torch.randint(-7, 8, (2,), generator=g))
         x = torch.nn.functional.pad(digit[None].float() / 255, (pad, pad, pad, pad))
         out.append(TF.affine(x, angle=angle, translate=[dx, dy], scale=scale, shear=[0.0, 0.0]))
@@ -330,7 +337,7 @@ def test_vse_captions_and_retrieves_images_it_never_saw(captions_root, mnist_roo
     run = Runner("vse_mnist_captions.yaml", tmp_path, monkeypatch, capfd, mnist_root)
     data = [f"--data.init_args.root={captions_root}", f"--data.init_args.data_dir={mnist_root}",
             "--data.init_args.train_size=1500", "--data.init_args.val_size=101", "--data.init_args.test_size=101"]
-    seed = int(__import__("os").environ.get("VSE_SEED", 0))
+    seed = int(os.environ.get("VSE_SEED", 0))
     ckpt = run.fit(*data, f"--seed_everything={seed}", "--data.init_args.batch_size=64", "--trainer.max_steps=600",
                    "--trainer.limit_val_batches=0")
     annotations = json.loads((captions_root / "annotations" / "captions_test.json").read_text())
@@ -411,7 +418,7 @@ def test_bad_inputs_are_one_line_before_any_output(mnist_root, babi_root, tmp_pa
         ("ae_mnist.yaml", ae_ckpt, "text", [], 1, "b.png: not a readable image"),
         ("ae_mnist.yaml", ae_ckpt, "none", [], 1, "none: no images in this folder"),
         ("memn2n_babi.yaml", babi_ckpt, "story.txt", [], 1, "story.txt, line 2: expected '<id> <sentence>'"),
-        ("ntm_copy.yaml", ntm_ckpt, "bits.txt", tiny, 1, "bits.txt, line 3: a vector of 7 bits, the model's width is 8"),
+        ("ntm_copy.yaml", ntm_ckpt, "bits.txt", tiny, 1, "bits.txt, line 3: a vector of 7 bits, the model's width"),
         ("ntm_copy.yaml", ae_ckpt, "bits.txt", tiny, 2, "holds a lightning_models.Autoencoder"),
     ]
     for config, ckpt, path, extra, status, message in cases:
