@@ -148,7 +148,7 @@ class BabiDataModule(L.LightningDataModule):
             word ids whatever the tasks.
         predict_path: what ``dl4 predict`` answers: a file of stories in bAbI's format, answers optional. Its words
             are read with the checkpoint's vocabulary, sentence length and memory size (an unknown word is left out
-            and named in that question's ``note``); bAbI itself is not read.
+            and named in that question's ``note``); bAbI itself is not read. Without it: the test set.
     """
 
     def __init__(self, data_dir: str | None = None, variant: Literal["en", "en-10k"] = "en",
@@ -311,8 +311,11 @@ class BabiDataModule(L.LightningDataModule):
         """The user's questions as a batch of ``BabiBatch`` tensors, in the checkpoint's vocabulary and shapes
         (restored by now); ``predict_info`` gives per question the answer the file gives and a ``note`` on what did
         not fit (unknown words, long sentences), which the writer adds to its record."""
-        if self.predict_questions is None:
-            raise ConfigError("data.init_args.predict_path: give a file of stories to answer (bAbI's format)")
+        if self.predict_questions is None:  # no file of the user's: the test set, scored
+            tasks = self.test_set.tensors[5].tolist()
+            self.predict_names = [f"task {t}, test question {i}" for i, t in enumerate(tasks)]
+            self.predict_info = [{"answer": self.vocab[a]} for a in self.test_set.tensors[2].tolist()]
+            return tensor_loader(self.test_set, self.eval_batch_size, shuffle=False)
         if self.sentence_length is None:
             raise ConfigError("the checkpoint holds no bAbI vocabulary and shapes (saved by dl4 since issue 36): "
                               "train it again to predict with it")

@@ -350,6 +350,9 @@ class CocoCaptionsDataModule(L.LightningDataModule):
                           collate_fn=lambda items: items[0])
 
     def setup(self, stage: str | None = None):
+        if stage == "predict" and not self.own_inputs():
+            raise ConfigError("dl4 predict of a VSE needs inputs: data.init_args.predict_path (a folder of images), "
+                              "with predict_sentences and predict_queries if you like (docs/predict.md)")
         if self.own_inputs():
             self.data["train"] = self.data.get("train") or self.read_split("train")
             if self.vocabulary is None:  # the model's own replaces it (VSE.setup)

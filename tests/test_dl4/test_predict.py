@@ -191,7 +191,8 @@ def test_memn2n_answers_a_story_typed_here(babi_root, tmp_path, monkeypatch, cap
     10% test error). Eight questions typed here, answers in six places: the story-blind answerer (always the most
     frequent answer) gets at most 2 right; the bar is 7 of 8. A question without an answer is answered and not
     scored; an unknown word ("zoomed") is named in its note; each hop's attention is a distribution over the memory
-    (its sentences, oldest first, in the record)."""
+    (its sentences, oldest first, in the record). Without a file, predict answers the test set, with `dl4 test`'s
+    error."""
     run = Runner("memn2n_babi.yaml", tmp_path, monkeypatch, capfd, babi_root)
     ckpt = run.fit("--trainer.max_epochs=25", "--model.init_args.linear_start_epochs=5")
     (tmp_path / "story.txt").write_text(STORY)
@@ -208,6 +209,11 @@ def test_memn2n_answers_a_story_typed_here(babi_root, tmp_path, monkeypatch, cap
         assert len(r["attention"]) == 3 and all(len(hop) == len(r["story"]) and sum(hop) <= 1 + 1e-3
                                                 for hop in r["attention"])
     assert "accuracy:" in run.stdout and "of the 8 inputs with an answer" in run.stdout
+    out = run.run("test", "--ckpt_path", ckpt)  # without a file: the test set, scored as `dl4 test` scores it
+    error = float(re.search(r"test/error_task1\s+([0-9.]+)", out.stdout).group(1))
+    records, _, _ = run.predict(ckpt)
+    assert len(records) == 1000 and records[0]["input"] == "task 1, test question 0"
+    assert sum(not r["correct"] for r in records) / 10 == pytest.approx(error, abs=1e-3)
 
 
 def distort_on_canvas(digits: torch.Tensor, canvas: int, seed: int) -> torch.Tensor:
