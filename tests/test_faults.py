@@ -135,6 +135,41 @@ def test_the_guard_stops_a_finite_explosion_of_the_loss_or_the_weights_and_nothi
         _guard_run(tmp_path, blow_up, loss_growth=1e9)
 
 
+def test_the_guard_judges_the_kept_losses_at_its_checks_and_names_the_first_bad_step(tmp_path):
+    """Each step only keeps its loss; the check on the logger's steps (every 4 here) judges them all and names the
+    first bad one exactly, by the global step after it (as before): a NaN in the step that starts at global step 5
+    is step 6, found at the next check, and an explosion from global step 9 on is step 10. Between the checks the
+    losses are only kept (no host sync a step)."""
+    import lightning as L
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from callbacks.faults import DivergedError, DivergenceGuard
+
+    guard = DivergenceGuard()
+    kept = []
+
+    class Model(BoringModel):
+        def __init__(self, bad_step, value):
+            super().__init__()
+            self.bad_step, self.value = bad_step, value
+
+        def training_step(self, batch, batch_idx):
+            kept.append(len(guard._losses))
+            loss = super().training_step(batch, batch_idx)["loss"]
+            if self.trainer.global_step >= self.bad_step:
+                loss = loss + (self.value - loss.detach())
+            return {"loss": loss}
+
+    for bad_step, value, message in ((5, float("nan"), "not finite at step 6"), (9, 1e12, "by step 10")):
+        guard, kept = DivergenceGuard(), []
+        trainer = L.Trainer(max_steps=20, log_every_n_steps=4, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                            callbacks=[guard])
+        with pytest.raises(DivergedError, match=message):
+            trainer.fit(Model(bad_step, value))
+        assert kept[:5] == [0, 1, 2, 3, 0]  # kept between the checks at steps 3 and 7 (log_every_n_steps=4)
+
+
 # ---- 2. checkpoints and configs ---------------------------------------------------------------------------------
 
 
