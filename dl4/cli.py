@@ -19,7 +19,7 @@ from typing import Literal
 
 import torch
 import yaml
-from lightning.pytorch.callbacks import BasePredictionWriter, ProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -140,10 +140,6 @@ class DL4CLI(CheckpointHparamsHook):
         configured = configured if isinstance(configured, list) else [configured]
         guard = [] if any(isinstance(c, DivergenceGuard) for c in configured) else [DivergenceGuard()]
         every_run = [*configured, *guard, PreemptionCheckpoint(), RunState(), BroadcastBuffers()]
-        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in configured):
-            # Lightning's bar formats every metric on every step (refresh_rate=1), though tqdm redraws it only every
-            # TQDM_MINITERS steps: the bar now updates on those steps alone (0.1-0.2 ms a step on a CPU)
-            every_run.append(TQDMProgressBar(refresh_rate=int(os.environ.get("TQDM_MINITERS", 10))))
         if self.subcommand == "predict" and not any(isinstance(c, BasePredictionWriter) for c in configured):
             every_run.append(PredictionWriter())  # the predictions, as files and a W&B table
         plugins = config.get("plugins") or []
@@ -214,9 +210,8 @@ def configure_runtime() -> None:
     """Process-wide defaults of every dl4 run (the CLI and the benchmarks).
 
     - W&B logs offline unless asked (WANDB_MODE) or credentials exist (WANDB_API_KEY, ~/.netrc): never blocks.
-    - The progress bar updates every 10 steps (TQDM_MINITERS: tqdm's redraw, and the bar's ``refresh_rate`` in
-      ``DL4CLI.instantiate_trainer``; set it to 1 for every step): a redraw per step, captured by W&B's console
-      logging, costs as much as a small model's step.
+    - The progress bar redraws every 10 steps (TQDM_MINITERS, which Lightning honours; set it to 1 for every
+      step): a redraw per step, captured by W&B's console logging, costs as much as a small model's step.
     - Lightning's advertisement and its own deprecated call's notice are not printed (``quiet_third_party``).
     - Denormal floats are flushed to zero: late in training they slow CPU kernels down many times.
     - On a machine without a GPU, CUDA availability is checked the plain way. Lightning sets
