@@ -3,8 +3,8 @@ PreemptionCheckpoint and RunState (dl4 adds all three to every run), side by sid
 
     python benchmarks/faults.py [--batches 400] [--repeats 3]
 
-The guard folds isfinite(loss) into a device flag every step and reads it only on the logger's steps; the other
-two do nothing per step but look at a flag. Prints a table and writes benchmarks/results/faults_overhead.json.
+The guard keeps each step's loss and judges the kept losses only at its checks (the logger's steps and a few
+more); the other two do nothing per step but look at a flag. Prints a table and writes benchmarks/results/faults_overhead.json.
 """
 
 import argparse

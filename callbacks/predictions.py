@@ -76,11 +76,12 @@ class PredictionWriter(BasePredictionWriter):
         if not isinstance(prediction, Predictions):
             raise TypeError(f"{type(pl_module).__name__}.predict_step must return dl4.predictions.Predictions "
                             f"for dl4 predict's writer, got {type(prediction).__name__}")
-        pictures = prediction.pictures
-        for i, index in enumerate(batch_indices):
-            arrays = {key: value[i].detach().cpu() for key, value in prediction.arrays.items()}
-            drawn = {kind: value[i].detach().cpu() for kind, value in pictures.items()}
-            self.rows.append((int(index), dict(prediction.records[i]), arrays, drawn))
+        arrays, pictures = (
+            {key: value.detach().cpu() if torch.is_tensor(value) else [v.detach().cpu() for v in value]
+             for key, value in values.items()} for values in (prediction.arrays, prediction.pictures))
+        for i, index in enumerate(batch_indices):  # one copy to the CPU a batch, then the rows are views
+            self.rows.append((int(index), dict(prediction.records[i]), {key: v[i] for key, v in arrays.items()},
+                              {kind: v[i] for kind, v in pictures.items()}))
 
     def on_predict_epoch_end(self, trainer, pl_module):
         rows = self.rows

@@ -37,11 +37,10 @@ def image_files(path: str | Path) -> list[Path]:
 
 def read_image(path: Path, mode: ImageReadMode) -> torch.Tensor:
     """One image as uint8 (C, H, W), or an ``InputError`` naming the file."""
-    data = path.read_bytes()
-    if not data:
+    if path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty; remove it or replace it with an image")
     try:
-        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode)
+        return decode_image(str(path), mode=mode)
     except (RuntimeError, ValueError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise InputError(f"{path}: not a readable image ({reason}); remove it or save it as PNG or JPEG") from None

@@ -137,17 +137,18 @@ class MemN2N(L.LightningModule):
         """``dl4 predict``: each question's answer, its probability, and every hop's attention over the story's
         sentences in memory (oldest first); right or wrong where the file gives the answer."""
         logits, attention = self(batch)
-        probabilities = logits.float().softmax(-1)
-        p, predicted = probabilities.max(-1)
+        p, predicted = logits.float().softmax(-1).max(-1)
         dm, records = self.trainer.datamodule, []
-        for b in range(len(logits)):
-            n, answer = int(batch.n_memories[b]), int(batch.answers[b])
+        stories = batch.stories.cpu()  # the records are read on the host: one copy each, not one per number
+        weights = attention.float().cpu().flip(-1)  # oldest slot first within each memory's real slots, below
+        slots = attention.shape[-1]
+        for b, (n, answer, guess, prob) in enumerate(zip(batch.n_memories.tolist(), batch.answers.tolist(),
+                                                         predicted.tolist(), p.tolist())):
             records.append({
-                "story": [dm.sentence(batch.stories[b, slot]) for slot in reversed(range(n))],
-                "predicted": dm.vocab[int(predicted[b])], "probability": float(p[b]),
-                **({"correct": answer == int(predicted[b])} if answer != -1 else {}),  # -2: an unknown answer
-                "attention": [[round(float(attention[b, k, slot]), 4) for slot in reversed(range(n))]
-                              for k in range(attention.shape[1])]})
+                "story": [dm.sentence(stories[b, slot]) for slot in reversed(range(n))],
+                "predicted": dm.vocab[guess], "probability": prob,
+                **({"correct": answer == guess} if answer != -1 else {}),  # -2: an answer not in the vocabulary
+                "attention": [[round(w, 4) for w in hop] for hop in weights[b, :, slots - n:].tolist()]})
         return Predictions(records, {"attention": attention.float()})
 
     def _log_errors(self, metric: PerTaskError, stage: str):

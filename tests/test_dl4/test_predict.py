@@ -356,8 +356,7 @@ def test_vse_captions_and_retrieves_images_it_never_saw(captions_root, mnist_roo
         (tmp_path / "mine" / image["file_name"]).write_bytes((captions_root / "test" / image["file_name"]).read_bytes())
     sentences = [first_caption[image["id"]] for image in images]
     (tmp_path / "sentences.txt").write_text("\n".join(sentences + ["a mauve seven"]) + "\n")
-    red = next(i for i in images if [d["colour"] for d in i["digits"]] == ["red"]) if any(
-        [d["colour"] for d in i["digits"]] == ["red"] for i in images) else images[0]
+    red = next((i for i in images if [d["colour"] for d in i["digits"]] == ["red"]), images[0])
     (tmp_path / "queries.txt").write_text(f"{red['file_name']} - red + blue\n")
     records, _, folder = run.predict(ckpt, *data, "--data.init_args.predict_path=mine",
                                      "--data.init_args.predict_sentences=sentences.txt",
