@@ -13,6 +13,7 @@ each) per second, after 50 warm-up batches, best and median over the rounds.
 """
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -25,11 +26,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from common import default_data_dir, report
-from datamodules import MNISTDataModule
+from common import QUIET, build_run, default_data_dir, report
 from dl4.cli import configure_runtime
-from lightning_models import GAN
-from lightning_models.nn.gan import MLPDiscriminator, MLPGenerator
 
 WARMUP = 50
 
@@ -100,19 +98,32 @@ def example_loader(data_dir, batch_size):
     return DataLoader(train, batch_size=batch_size, shuffle=True, num_workers=16, drop_last=True, pin_memory=True)
 
 
-def dl4_gan():
-    """The Lightning example's nets as dl4 nets, with its optimisers (the GAN's default Adam(2e-4, (0.5, 0.999)))."""
-    return GAN(MLPGenerator(100, [128, 256, 512, 1024], activation="leaky_relu", batch_norm=True),
-               MLPDiscriminator(hidden_dims=[512, 256], activation="leaky_relu", dropout=0.0, input_dropout=0.0),
-               prior="gaussian")
+NETS = {  # the Lightning example's nets as dl4 nets; its optimisers are the GAN's default Adam(2e-4, (0.5, 0.999))
+    "generator": {"class_path": "lightning_models.nn.gan.MLPGenerator",
+                  "init_args": {"noise_dim": 100, "hidden_dims": [128, 256, 512, 1024], "activation": "leaky_relu",
+                                "batch_norm": True}},
+    "discriminator": {"class_path": "lightning_models.nn.gan.MLPDiscriminator",
+                      "init_args": {"hidden_dims": [512, 256], "activation": "leaky_relu", "dropout": 0.0,
+                                    "input_dropout": 0.0}},
+}
 
 
-def fit(model, batches, root, **data):
+def dl4_run(batch_size: int):
+    """dl4's GAN with those nets and its MNISTDataModule, built from their config as `dl4 fit` builds them. (A model
+    given network objects in Python keeps them in its hparams, which a CSVLogger writes out as pickled YAML at
+    every logging step; from a config the hparams hold the networks' configs.)"""
+    cli = build_run(None, [*QUIET, "--model=GAN", "--model.init_args.prior=gaussian",
+                           *(f"--model.init_args.{name}={json.dumps(net)}" for name, net in NETS.items()),
+                           "--data=MNISTDataModule", f"--data.init_args.batch_size={batch_size}"])
+    return cli.model, cli.datamodule
+
+
+def fit(model, datamodule, batches, root, **data):
     timer = BatchTimer()
     trainer = L.Trainer(max_epochs=1, limit_train_batches=batches, limit_val_batches=0, callbacks=[timer],
                         logger=CSVLogger(root), enable_progress_bar=False, enable_checkpointing=False,
                         enable_model_summary=False)
-    trainer.fit(model, **data)
+    trainer.fit(model, datamodule=datamodule, **data)
     return timer.rate()
 
 
@@ -126,11 +137,10 @@ def main():
     configure_runtime()
     L.seed_everything(0, verbose=False)
     root = tempfile.mkdtemp(prefix="dl4-gan-speed-")
-    dm = MNISTDataModule(args.data_dir, batch_size=args.batch_size, download=False)
     variants = {
         "Lightning's GAN example (DataLoader, 16 workers)":
-            lambda: fit(ExampleGAN(), args.batches, root, train_dataloaders=example_loader(args.data_dir, args.batch_size)),
-        "dl4 GAN, same nets (MNIST as tensors)": lambda: fit(dl4_gan(), args.batches, root, datamodule=dm),
+            lambda: fit(ExampleGAN(), None, args.batches, root, train_dataloaders=example_loader(args.data_dir, args.batch_size)),
+        "dl4 GAN, same nets (MNIST as tensors)": lambda: fit(*dl4_run(args.batch_size), args.batches, root),
     }
     results = {name: [] for name in variants}
     for r in range(args.rounds):

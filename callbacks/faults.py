@@ -146,7 +146,8 @@ class DivergenceGuard(L.Callback):
     Cheaply: each step only keeps its loss (a detached device tensor, no host sync, no arithmetic); the kept losses
     are judged together, with one host sync, on the steps the logger writes anyway (every ``log_every_n_steps``),
     before each validation, at each epoch's end and before every checkpoint is written, and the parameters are
-    checked then too (a GAN's manual steps return no loss). The first bad step is named exactly, as when each step
+    checked then too (a GAN's manual steps return no loss), once per optimizer step: the epoch's end and the
+    checkpoints written after it see the same weights. The first bad step is named exactly, as when each step
     judged its own loss (which cost ten small tensor operations a step, 0.1-0.2 ms on a CPU). A checkpoint of a
     diverged model is never written. dl4 adds one to every run; to change the thresholds give your
     own (``--trainer.callbacks+=DivergenceGuard --trainer.callbacks.loss_growth=1e8``). The defaults leave a margin
@@ -160,11 +161,11 @@ class DivergenceGuard(L.Callback):
                               f"{weight_growth}")
         self.loss_growth, self.weight_growth = loss_growth, weight_growth
         self._losses, self._steps = [], []  # the losses since the last check, and their steps
-        self._first_bad = self._exploded = self._loss_ref = self._weight_ref = None
+        self._first_bad = self._exploded = self._loss_ref = self._weight_ref = self._checked_step = None
 
     def on_train_start(self, trainer, pl_module):
         self._losses, self._steps = [], []
-        self._first_bad = self._exploded = self._loss_ref = None
+        self._first_bad = self._exploded = self._loss_ref = self._checked_step = None
         self._weight_ref = max(largest_weight(pl_module), 1.0)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -208,6 +209,8 @@ class DivergenceGuard(L.Callback):
             self.check(trainer, pl_module)
 
     def check(self, trainer, pl_module):
+        if trainer.global_step == self._checked_step and not self._losses:
+            return  # these weights passed at this step already (parameters change only at an optimizer step)
         self.judge_losses()
         where = f"epoch {trainer.current_epoch}"
         if (step := self._first_bad) is not None:
@@ -221,6 +224,7 @@ class DivergenceGuard(L.Callback):
             what = (f"a weight reached {largest:.3g}, more than {self.weight_growth:g} times the largest at the "
                     f"start ({self._weight_ref:.3g}), by step {trainer.global_step}")
         else:
+            self._checked_step = trainer.global_step
             return
         raise DivergedError(f"training diverged: {what}, {where}; no checkpoint of it was written; last good "
                             f"checkpoint: {last_good_checkpoint(trainer)}. Lower the learning rate, or resume from "

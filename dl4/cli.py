@@ -19,7 +19,7 @@ from typing import Literal
 
 import torch
 import yaml
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import BasePredictionWriter, ProgressBar
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -31,6 +31,7 @@ import datamodules  # noqa: F401
 import lightning_models  # noqa: F401
 from callbacks.distributed import BroadcastBuffers
 from callbacks.predictions import PredictionWriter
+from callbacks.progress import TimedProgressBar
 from callbacks.faults import DivergenceGuard, MetricsFile, PreemptionCheckpoint, RunState, SafeCheckpointIO
 from dl4.checkpoints import (CheckpointError, check_model_class, checkpoint_folders, drop_key, explicit_model_keys,
                              find_last, read_checkpoint)
@@ -132,14 +133,17 @@ class DL4CLI(CheckpointHparamsHook):
 
     def instantiate_trainer(self, **kwargs):
         """Every run gets the fault callbacks (``callbacks/faults.py``), ``BroadcastBuffers`` (under DDP every process
-        validates rank zero's model, ``callbacks/distributed.py``), ``SafeCheckpointIO`` and, with a logger, a
-        ``MetricsFile`` that keeps every logged row on disk; ``dl4 predict`` a ``PredictionWriter``
+        validates rank zero's model, ``callbacks/distributed.py``), ``SafeCheckpointIO``, with a logger a
+        ``MetricsFile`` that keeps every logged row on disk, and with a progress bar (unless the config gives one)
+        a ``TimedProgressBar`` (``callbacks/progress.py``); ``dl4 predict`` a ``PredictionWriter``
         (``callbacks/predictions.py``)."""
         config = self.config_init.get(self.subcommand, self.config_init).get("trainer") or {}
         configured = config.get("callbacks") or []
         configured = configured if isinstance(configured, list) else [configured]
         guard = [] if any(isinstance(c, DivergenceGuard) for c in configured) else [DivergenceGuard()]
         every_run = [*configured, *guard, PreemptionCheckpoint(), RunState(), BroadcastBuffers()]
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in configured):
+            every_run.append(TimedProgressBar())  # Lightning's bar, redrawn a few times a second at most
         if self.subcommand == "predict" and not any(isinstance(c, BasePredictionWriter) for c in configured):
             every_run.append(PredictionWriter())  # the predictions, as files and a W&B table
         plugins = config.get("plugins") or []
@@ -211,7 +215,8 @@ def configure_runtime() -> None:
 
     - W&B logs offline unless asked (WANDB_MODE) or credentials exist (WANDB_API_KEY, ~/.netrc): never blocks.
     - The progress bar redraws every 10 steps (TQDM_MINITERS, which Lightning honours; set it to 1 for every
-      step): a redraw per step, captured by W&B's console logging, costs as much as a small model's step.
+      step), and the CLI's ``TimedProgressBar`` at most 5 times a second: a redraw per step, captured by W&B's
+      console logging, costs as much as a small model's step.
     - Lightning's advertisement and its own deprecated call's notice are not printed (``quiet_third_party``).
     - Denormal floats are flushed to zero: late in training they slow CPU kernels down many times.
     - On a machine without a GPU, CUDA availability is checked the plain way. Lightning sets
