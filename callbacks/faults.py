@@ -394,6 +394,7 @@ class MetricsFile(Logger):
         self.run_logger = run_logger
         self.path: Path | None = None
         self.file = None
+        self.marked = None  # the step of the last checkpoint marked, while no row has been written after it
 
     @property
     def name(self) -> str:
@@ -433,12 +434,17 @@ class MetricsFile(Logger):
     @rank_zero_only
     def log_metrics(self, metrics, step=None) -> None:
         self.write({"step": step, **{k: float(v) for k, v in metrics.items()}})
+        self.marked = None
 
     @rank_zero_only
     def mark(self, global_step: int) -> None:
-        """Marks that a checkpoint of ``global_step`` is being written (``RunState.on_save_checkpoint``)."""
+        """Marks that a checkpoint of ``global_step`` is being written (``DivergenceGuard.on_save_checkpoint``), and
+        syncs the file: once for several checkpoints of one step with no row written between them."""
+        if global_step == self.marked:
+            return
         self.write({"checkpoint_global_step": global_step})
         os.fsync(self.file.fileno())
+        self.marked = global_step
 
     @rank_zero_only
     def finalize(self, status: str) -> None:

@@ -41,13 +41,16 @@ def drawn_counts(min_interval: float, steps: int = 35, epochs: int = 2) -> list[
     return sorted(set(bar.shown) - {0}), bar.shown
 
 
-def test_the_bar_is_redrawn_at_most_every_min_interval_and_at_each_epochs_end(monkeypatch):
+def test_the_bar_is_redrawn_at_most_every_min_interval_and_at_each_epochs_end(monkeypatch, capsys):
     monkeypatch.setenv("TQDM_MINITERS", "10")
     drawn, shown = drawn_counts(min_interval=0.0)
     assert drawn == [10, 20, 30, 35]  # no time limit: Lightning's every-10-steps redraw, and the last batch
+    capsys.readouterr()
     drawn, shown = drawn_counts(min_interval=1e9)
-    assert drawn == [10, 35]  # the first redraw, then none until the epoch's last batch
-    assert shown[34] == shown[-1] == 35  # each epoch ends with its count shown
+    assert drawn == [10, 35]  # the first redraw, then none until the epoch's end shows its full count
+    assert shown[34] == shown[-1] == 35
+    lines = capsys.readouterr().out
+    assert "Epoch 0: 100%" in lines and "35/35" in lines and "20/35" not in lines
 
 
 def test_every_run_gets_the_timed_bar_unless_it_has_none_or_its_own():
