@@ -10,11 +10,12 @@ tutorial's recipe.
         paper's number.
     python benchmarks/stn.py report --out benchmarks/results/stn/
         the table from the JSON files already there.
-    python benchmarks/stn.py speed [--steps 300]
+    python benchmarks/stn.py speed [--steps 300] [--rounds 3]
         images per second of training, the PyTorch tutorial's STN (torchvision MNIST through a DataLoader with
         ToTensor/Normalize, batch 64, a plain loop) against the same network and batch trained by dl4
-        (STNClassifier, MNIST kept as a tensor on the device, Lightning's loop; float32 and bfloat16 mixed), and
-        the ceiling (a plain loop over one batch in memory), in one process, side by side.
+        (STNClassifier, MNIST kept as a tensor on the device, Lightning's loop; float32 and bfloat16 mixed), the
+        same network in a plain loop over dl4's MNIST tensors, and the ceiling (a plain loop over one batch in
+        memory), in one process, side by side, rounds interleaved; best and median over the rounds.
 
 Every model runs as its config says (Adam, the learning rate annealed to 0 by a cosine over the run, batch 256), with
 ``T_max`` set to the given epochs, so a short budget ends annealed rather than mid-descent.
@@ -108,7 +109,12 @@ def report(args):
 
 
 def speed(args):
-    """The tutorial (pytorch/tutorials intermediate_source/spatial_transformer_tutorial.py) against dl4."""
+    """The tutorial (pytorch/tutorials intermediate_source/spatial_transformer_tutorial.py) against dl4, and both
+    against the same network in plain loops; ``--rounds`` rounds of every variant in turn (interleaved, so that a
+    noisy machine hurts all alike), best and median."""
+    import itertools
+    import statistics
+
     import lightning as L
     import torch
     import torch.nn.functional as F
@@ -131,75 +137,95 @@ def speed(args):
         return SpatialTransformer(localisation, 32, "affine", (28, 28)), classifier
 
     root = Path(default_data_dir())
-    rows = []
+    warmup = 20
 
-    # The tutorial's recipe: per-image PIL -> ToTensor -> Normalize in DataLoader workers, batch 64, SGD 0.01,
-    # its network as it is (NCHW).
-    torch.manual_seed(0)
-    transformer, classifier = tutorial_networks()
-    model = STNClassifier(classifier, transformer, channels_last=False)
-    loader = torch.utils.data.DataLoader(
-        datasets.MNIST(root, train=True, download=False, transform=transforms.Compose(
-            [transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])),
-        batch_size=64, shuffle=True, num_workers=4)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    model.train()
-    seen, timer = 0, None
-    for step, (x, y) in enumerate(loader):
-        if step == 20:  # the workers have started and filled their queues
-            timer, seen = Timer().__enter__(), 0
-        optimizer.zero_grad()
-        loss = F.nll_loss(F.log_softmax(model(x)[0], dim=1), y)
-        loss.backward()
-        optimizer.step()
-        seen += len(x)
-        if step == 20 + args.steps:
-            break
-    tutorial = seen / timer.elapsed
-    rows.append(["PyTorch tutorial (DataLoader, ToTensor/Normalize, plain loop)", "32-true", parameters(model), 64,
-                 f"{tutorial:,.0f}", "1.0x"])
+    def plain(model, batches, loss_of) -> float:
+        """Images per second of SGD(0.01) steps on ``batches`` after ``warmup`` of them."""
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        model.train()
+        seen, timer = 0, None
+        for step, (x, y) in enumerate(batches):
+            if step == warmup:  # (the tutorial's DataLoader workers have started and filled their queues)
+                timer, seen = Timer().__enter__(), 0
+            optimizer.zero_grad()
+            loss_of(model(x)[0], y).backward()
+            optimizer.step()
+            seen += len(x)
+            if step == warmup + args.steps:
+                return seen / timer.elapsed
 
-    # The ceiling: the same network (channels-last), a plain loop over batches already in memory, no data pipeline.
-    torch.manual_seed(0)
-    model = STNClassifier(*tutorial_networks()[::-1])
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    x, y = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
-    for step in range(20 + args.steps):
-        if step == 20:
-            timer = Timer().__enter__()
-        optimizer.zero_grad()
-        F.cross_entropy(model(x)[0], y).backward()
-        optimizer.step()
-    ceiling = 64 * args.steps / timer.elapsed
-    rows.append(["the same network, a plain loop on one batch in memory (no data at all)", "32-true",
-                 parameters(model), 64, f"{ceiling:,.0f}", f"{ceiling / tutorial:.1f}x"])
+    def tutorial():
+        """Its recipe: per-image PIL -> ToTensor -> Normalize in DataLoader workers, batch 64, SGD 0.01, its
+        network as it is (NCHW), NLL of log-softmax."""
+        torch.manual_seed(0)
+        model = STNClassifier(*tutorial_networks()[::-1], channels_last=False)
+        loader = torch.utils.data.DataLoader(
+            datasets.MNIST(root, train=True, download=False, transform=transforms.Compose(
+                [transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])),
+            batch_size=64, shuffle=True, num_workers=4)
+        return plain(model, loader, lambda logits, y: F.nll_loss(F.log_softmax(logits, dim=1), y))
 
-    # dl4: the same networks in STNClassifier (channels-last weights), MNIST as a uint8 tensor on the device,
-    # Lightning's loop; in float32 as the tutorial, then in bfloat16 mixed precision.
+    def no_data():
+        """The ceiling: the same network (channels-last, as dl4 keeps it) on one batch in memory, no data at all."""
+        torch.manual_seed(0)
+        batch = (torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,)))
+        return plain(STNClassifier(*tutorial_networks()[::-1]), itertools.repeat(batch), F.cross_entropy)
+
+    dm = MNISTDataModule(str(root), batch_size=64, download=False)
+    dm.setup()
+
+    def in_memory():
+        """The same network in a plain loop over dl4's MNIST tensors: its shuffled batches, its transfer to floats."""
+        torch.manual_seed(0)
+        batches = (dm.on_after_batch_transfer(batch, 0) for _ in itertools.count() for batch in dm.train_dataloader())
+        return plain(STNClassifier(*tutorial_networks()[::-1]), batches, F.cross_entropy)
+
     class Throughput(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if batch_idx == 20:
+            if batch_idx == warmup:
                 self.timer, self.seen = Timer().__enter__(), 0
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if batch_idx > 20:
+            if batch_idx > warmup:
                 self.seen += len(batch[1])
 
-    for precision in ("32-true", "bf16-mixed"):
+    def dl4(precision: str):
+        """dl4: the same networks in STNClassifier (channels-last weights), MNIST as a uint8 tensor on the device,
+        Lightning's loop (no logger, bar or checkpoints)."""
         torch.manual_seed(0)
-        transformer, classifier = tutorial_networks()
-        model = STNClassifier(classifier, transformer)
+        model = STNClassifier(*tutorial_networks()[::-1])
         model.configure_optimizers = lambda: torch.optim.SGD(model.parameters(), lr=0.01)
         meter = Throughput()
-        trainer = L.Trainer(max_steps=21 + args.steps, logger=False, enable_checkpointing=False,
+        trainer = L.Trainer(max_steps=warmup + 1 + args.steps, logger=False, enable_checkpointing=False,
                             enable_progress_bar=False, enable_model_summary=False, callbacks=[meter],
                             limit_val_batches=0, accelerator="auto", devices=1, precision=precision)
-        trainer.fit(model, datamodule=MNISTDataModule(str(root), batch_size=64))
-        ours = meter.seen / meter.timer.elapsed
-        rows.append(["dl4 (STNClassifier, MNIST on the device, Lightning)", precision, parameters(model), 64,
-                     f"{ours:,.0f}", f"{ours / tutorial:.1f}x"])
-    write_table("stn_speed", ["training", "precision", "parameters", "batch", "images / s", "speed-up"], rows,
-                {"steps": args.steps})
+        trainer.fit(model, datamodule=MNISTDataModule(str(root), batch_size=64, download=False))
+        return meter.seen / meter.timer.elapsed
+
+    variants = {  # name, precision: images per second of one run
+        ("PyTorch tutorial (DataLoader, ToTensor/Normalize, plain loop)", "32-true"): tutorial,
+        ("the same network, a plain loop on one batch in memory (no data at all)", "32-true"): no_data,
+        ("the same network, a plain loop over MNIST as tensors (dl4's batches)", "32-true"): in_memory,
+        ("dl4 (STNClassifier, MNIST on the device, Lightning)", "32-true"): lambda: dl4("32-true"),
+        ("dl4 (STNClassifier, MNIST on the device, Lightning)", "bf16-mixed"): lambda: dl4("bf16-mixed"),
+    }
+    rates = {key: [] for key in variants}
+    for r in range(args.rounds):
+        for key, run in variants.items():
+            rates[key].append(run())
+            print(f"round {r}: {key[0]} ({key[1]}): {rates[key][-1]:,.0f} images/s", flush=True)
+    best = {key: max(v) for key, v in rates.items()}
+    median = {key: statistics.median(v) for key, v in rates.items()}
+    tutorial_key, _, plain_key, *_ = variants
+    n = parameters(STNClassifier(*tutorial_networks()[::-1]))
+    rows = [[name, precision, n, 64, f"{best[key]:,.0f}", f"{median[key]:,.0f}",
+             f"{best[key] / best[tutorial_key]:.2f}x, {median[key] / median[tutorial_key]:.2f}x",
+             f"{100 * (best[plain_key] / best[key] - 1):+.1f}%, {100 * (median[plain_key] / median[key] - 1):+.1f}%"]
+            for key in variants for name, precision in [key]]
+    write_table("stn_speed", ["training", "precision", "parameters", "batch", "images / s, best",
+                              "images / s, median", "speed vs the tutorial (best, median)",
+                              "time per image vs the plain in-memory loop (best, median)"], rows,
+                {"steps": args.steps, "rounds": args.rounds})
 
 
 def main():
@@ -215,6 +241,7 @@ def main():
     r.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "stn"))
     s = sub.add_parser("speed")
     s.add_argument("--steps", type=int, default=300)
+    s.add_argument("--rounds", type=int, default=3)
     args, extra = parser.parse_known_args()
     if extra[:1] == ["--"]:
         extra = extra[1:]
