@@ -682,3 +682,25 @@ def test_a_full_wandb_disk_is_one_line_not_a_silent_gap(small_disk, tmp_path, mn
     assert str(small_disk) in line and "Logging error" not in out.stderr
     if (tmp_path / "ck" / "last.ckpt").exists():
         assert torch.load(tmp_path / "ck" / "last.ckpt", weights_only=True)["global_step"] > 0
+
+
+def test_the_metrics_file_marks_each_checkpointed_step_once_unless_rows_came_between(tmp_path):
+    """Two checkpoints of one step (best and last) give one mark and one sync; a row logged after a mark makes the
+    next checkpoint of that step mark again, so that a run resumed from it keeps the row."""
+    import json
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    from callbacks.faults import MetricsFile
+
+    log = MetricsFile(CSVLogger(tmp_path, name="run"))
+    log.log_metrics({"train/loss": 1.0}, step=4)
+    log.mark(5)
+    log.mark(5)
+    log.log_metrics({"val/loss": 2.0}, step=5)
+    log.mark(5)
+    log.mark(6)
+    log.finalize("success")
+    rows = [json.loads(line) for line in log.path.read_text().splitlines()]
+    assert rows == [{"step": 4, "train/loss": 1.0}, {"checkpoint_global_step": 5}, {"step": 5, "val/loss": 2.0},
+                    {"checkpoint_global_step": 5}, {"checkpoint_global_step": 6}]
