@@ -202,10 +202,12 @@ def speed(args):
         trainer.fit(model, datamodule=MNISTDataModule(str(root), batch_size=64, download=False))
         return meter.seen / meter.timer.elapsed
 
-    variants = {  # name, precision: images per second of one run
-        ("PyTorch tutorial (DataLoader, ToTensor/Normalize, plain loop)", "32-true"): tutorial,
+    base = ("PyTorch tutorial (DataLoader, ToTensor/Normalize, plain loop)", "32-true")
+    plain_key = ("the same network, a plain loop over MNIST as tensors (dl4's batches)", "32-true")
+    variants = {  # (name, precision): images per second of one run
+        base: tutorial,
         ("the same network, a plain loop on one batch in memory (no data at all)", "32-true"): no_data,
-        ("the same network, a plain loop over MNIST as tensors (dl4's batches)", "32-true"): in_memory,
+        plain_key: in_memory,
         ("dl4 (STNClassifier, MNIST on the device, Lightning)", "32-true"): lambda: dl4("32-true"),
         ("dl4 (STNClassifier, MNIST on the device, Lightning)", "bf16-mixed"): lambda: dl4("bf16-mixed"),
     }
@@ -216,12 +218,11 @@ def speed(args):
             print(f"round {r}: {key[0]} ({key[1]}): {rates[key][-1]:,.0f} images/s", flush=True)
     best = {key: max(v) for key, v in rates.items()}
     median = {key: statistics.median(v) for key, v in rates.items()}
-    tutorial_key, _, plain_key, *_ = variants
     n = parameters(STNClassifier(*tutorial_networks()[::-1]))
-    rows = [[name, precision, n, 64, f"{best[key]:,.0f}", f"{median[key]:,.0f}",
-             f"{best[key] / best[tutorial_key]:.2f}x, {median[key] / median[tutorial_key]:.2f}x",
+    rows = [[*key, n, 64, f"{best[key]:,.0f}", f"{median[key]:,.0f}",
+             f"{best[key] / best[base]:.2f}x, {median[key] / median[base]:.2f}x",
              f"{100 * (best[plain_key] / best[key] - 1):+.1f}%, {100 * (median[plain_key] / median[key] - 1):+.1f}%"]
-            for key in variants for name, precision in [key]]
+            for key in variants]
     write_table("stn_speed", ["training", "precision", "parameters", "batch", "images / s, best",
                               "images / s, median", "speed vs the tutorial (best, median)",
                               "time per image vs the plain in-memory loop (best, median)"], rows,
