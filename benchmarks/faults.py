@@ -4,7 +4,8 @@ PreemptionCheckpoint and RunState (dl4 adds all three to every run), side by sid
     python benchmarks/faults.py [--batches 400] [--repeats 3]
 
 The guard keeps each step's loss and judges the kept losses only at its checks (the logger's steps and a few
-more); the other two do nothing per step but look at a flag. Prints a table and writes benchmarks/results/faults_overhead.json.
+more); the other two do nothing per step but look at a flag. Prints a table and writes
+benchmarks/results/faults_overhead.json.
 """
 
 import argparse

@@ -108,13 +108,14 @@ NETS = {  # the Lightning example's nets as dl4 nets; its optimisers are the GAN
 }
 
 
-def dl4_run(batch_size: int):
+def dl4_run(data_dir: str, batch_size: int):
     """dl4's GAN with those nets and its MNISTDataModule, built from their config as `dl4 fit` builds them. (A model
     given network objects in Python keeps them in its hparams, which a CSVLogger writes out as pickled YAML at
     every logging step; from a config the hparams hold the networks' configs.)"""
     cli = build_run(None, [*QUIET, "--model=GAN", "--model.init_args.prior=gaussian",
                            *(f"--model.init_args.{name}={json.dumps(net)}" for name, net in NETS.items()),
-                           "--data=MNISTDataModule", f"--data.init_args.batch_size={batch_size}"])
+                           "--data=MNISTDataModule", f"--data.init_args.data_dir={data_dir}",
+                           f"--data.init_args.batch_size={batch_size}"])
     return cli.model, cli.datamodule
 
 
@@ -139,8 +140,10 @@ def main():
     root = tempfile.mkdtemp(prefix="dl4-gan-speed-")
     variants = {
         "Lightning's GAN example (DataLoader, 16 workers)":
-            lambda: fit(ExampleGAN(), None, args.batches, root, train_dataloaders=example_loader(args.data_dir, args.batch_size)),
-        "dl4 GAN, same nets (MNIST as tensors)": lambda: fit(*dl4_run(args.batch_size), args.batches, root),
+            lambda: fit(ExampleGAN(), None, args.batches, root,
+                        train_dataloaders=example_loader(args.data_dir, args.batch_size)),
+        "dl4 GAN, same nets (MNIST as tensors)":
+            lambda: fit(*dl4_run(args.data_dir, args.batch_size), args.batches, root),
     }
     results = {name: [] for name in variants}
     for r in range(args.rounds):

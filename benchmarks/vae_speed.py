@@ -15,7 +15,6 @@ runs) and the median epoch over all rounds.
 """
 
 import argparse
-import importlib.util
 import statistics
 import time
 
@@ -103,7 +102,7 @@ def lightning_loop(dm, epochs, accelerator="cpu"):
     return timer.rates
 
 
-def dl4_fit(epochs, accelerator="cpu"):
+def dl4_fit(data_dir, epochs, precision, accelerator="cpu"):
     """`dl4 fit --config configs/vae_mnist.yaml` as the CLI builds it, at the pytorch/examples size, validation off."""
     size = {"hidden_dims": "[400]", "activation": "relu"}
     cli = build_run(REPO / "configs" / "vae_mnist.yaml", [
@@ -112,7 +111,8 @@ def dl4_fit(epochs, accelerator="cpu"):
         "--trainer.logger.init_args.save_dir=/tmp/dl4-bench", "--trainer.logger.init_args.project=dl4-bench",
         *(f"--model.init_args.encoder.init_args.{k}={v}" for k, v in {**size, "code_dim": 40}.items()),
         *(f"--model.init_args.decoder.init_args.{k}={v}" for k, v in {**size, "code_dim": 20}.items()),
-        "--data.init_args.batch_size=128", "--data.init_args.binarize=none"])
+        f"--data.init_args.data_dir={data_dir}", "--data.init_args.batch_size=128", "--data.init_args.binarize=none",
+        f"--float32_matmul_precision={precision}"])
     timer = EpochTimer()
     cli.trainer.callbacks.append(timer)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
@@ -158,12 +158,10 @@ def main():
     variants = {
         "plain PyTorch loop (same model, tensor data)": lambda: plain_loop(dm, args.epochs, device),
         "Lightning's loop alone (no logger, bar, callbacks)": lambda: lightning_loop(dm, args.epochs, args.accelerator),
-        "`dl4 fit` (W&B offline, bar, checkpoints, dl4's callbacks)": lambda: dl4_fit(args.epochs, args.accelerator),
+        "`dl4 fit` (W&B offline, bar, checkpoints, dl4's callbacks)":
+            lambda: dl4_fit(args.data_dir, args.epochs, args.precision, args.accelerator),
         "pytorch/examples recipe (DataLoader+ToTensor)": lambda: examples_recipe(args.data_dir, args.epochs, device),
     }
-    if importlib.util.find_spec("wandb") is None:
-        print("wandb is not installed: the `dl4 fit` variant is left out")
-        variants = {k: v for k, v in variants.items() if "W&B" not in k}
     results = {name: [] for name in variants}
     for r in range(args.rounds):
         for name, run in variants.items():
